@@ -1,0 +1,1 @@
+"""Inference runtime: pre-processing, runners (one per backend) and post-processing."""

@@ -1,0 +1,45 @@
+"""Shared test fixtures: where the real test data is, and skips for what this machine lacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+VOC_MINI = SHARED_DATA / "voc-mini"
+COCO128 = SHARED_DATA / "coco128"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real test data not found at {path} (only present beside the project checkout)")
+    return path
+
+
+@pytest.fixture
+def voc_mini_root() -> Path:
+    """``../shared/data/voc-mini`` (VOCdevkit layout, VOC2012 trainval, 100 images); skips when absent."""
+    return _require(VOC_MINI)
+
+
+@pytest.fixture
+def coco128_root() -> Path:
+    """``../shared/data/coco128`` (train2017/ + annotations/instances_train2017.json); skips when absent."""
+    return _require(COCO128)
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    try:
+        import tensorrt  # noqa: F401
+        has_trt = has_cuda
+    except Exception:
+        has_trt = False
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none on this machine"))
+        if "tensorrt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT (pip install -e .[tensorrt]) and a CUDA GPU"))
