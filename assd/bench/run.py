@@ -1,0 +1,75 @@
+"""``assd bench``: open every artifact, time them interleaved, print and save the table."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+
+from assd.bench.report import add_ratios, load_reports, make_report, make_row, merged_table, to_csv, to_markdown
+from assd.bench.timing import benchmark, peak_host_memory_mb
+from assd.errors import UserError
+from assd.runtime.runners import open_runner
+from assd.utils import atomic_write_json, atomic_write_text
+
+
+def parse_batches(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--batch {text}: give positive batch sizes separated by commas, e.g. 1,8,32")
+    return sizes
+
+
+def run_bench(artifacts: list[str], batch_sizes: list[int], iters: int = 20, warmup: int = 3,
+              device: str | None = "cpu", precision: str = "fp32", compile: bool = False,
+              json_out: str | None = None, csv_out: str | None = None, markdown_out: str | None = None,
+              echo: Callable[[str], None] = print) -> dict:
+    """Benchmark ``artifacts`` at every batch size; returns the report (also written where asked)."""
+    if iters < 1 or warmup < 0:
+        raise UserError(f"--iters {iters} / --warmup {warmup}: need iters >= 1 and warmup >= 0")
+    runners = [open_runner(a, device=device, precision=precision, compile=compile) for a in artifacts]
+    for runner in runners:
+        for batch_size in batch_sizes:
+            runner.check_batch(batch_size)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    echo(f"benchmarking {len(runners)} artifact(s) x batch {batch_sizes}: {warmup} warm-up + {iters} timed "
+         "iterations each, interleaved")
+    results = benchmark(runners, batch_sizes, iters=iters, warmup=warmup)
+    rows = [make_row(runners[i], b, results[(i, b)]) for i in range(len(runners)) for b in batch_sizes]
+    rows.sort(key=lambda r: r["batch"])
+    add_ratios(rows)
+    report = make_report(rows, command=" ".join(["assd", *sys.argv[1:]]))
+    report["peak_host_mb"] = peak_host_memory_mb()
+    report["peak_device_mb"] = (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None
+    echo(to_markdown(rows))
+    memory = f"peak host memory {report['peak_host_mb']:.0f} MB"
+    if report["peak_device_mb"] is not None:
+        memory += f", peak device memory {report['peak_device_mb']:.0f} MB"
+    echo(memory + " (whole process)")
+    _write_outputs(report, rows, json_out, csv_out, markdown_out, echo)
+    return report
+
+
+def merge_reports(paths: list[str], markdown_out: str | None = None, csv_out: str | None = None,
+                  echo: Callable[[str], None] = print) -> list[dict]:
+    rows = merged_table(load_reports(paths))
+    echo(to_markdown(rows, with_ratio=False))
+    _write_outputs(None, rows, None, csv_out, markdown_out, echo, with_ratio=False)
+    return rows
+
+
+def _write_outputs(report, rows, json_out, csv_out, markdown_out, echo, with_ratio: bool = True) -> None:
+    if json_out and report is not None:
+        atomic_write_json(json_out, report)
+        echo(f"wrote {json_out}")
+    if csv_out:
+        atomic_write_text(csv_out, to_csv(rows))
+        echo(f"wrote {csv_out}")
+    if markdown_out:
+        atomic_write_text(markdown_out, to_markdown(rows, with_ratio=with_ratio))
+        echo(f"wrote {markdown_out}")

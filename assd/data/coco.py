@@ -1,0 +1,98 @@
+"""COCO from an official ``instances_*.json`` and its image folder, read with pycocotools.
+
+Category ids are mapped to contiguous labels 1..C-1 in increasing id order (label k <->
+``coco_category_ids[k - 1]``, name ``class_names[k - 1]``). COCO ``bbox`` ``[x, y, w, h]`` is already
+continuous 0-based pixels, so boxes are ``(x, y, x + w, y + h)``. Crowd regions (``iscrowd=1``) stay in
+``annotation(i)`` flagged ``crowd`` and ``difficult`` (so evaluation ignores them) and are never
+training targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from assd.data.annotation import Annotation, clip_boxes
+from assd.data.dataset import BadSample, DetectionDataset, ImageRecord, check_bad_fraction
+from assd.errors import UserError
+
+
+def load_coco(annotation_file: str | Path) -> COCO:
+    """pycocotools ``COCO`` for ``annotation_file``; UserError naming the file when it is not a COCO json."""
+    path = Path(annotation_file)
+    if not path.is_file():
+        raise UserError(f"{path}: COCO annotation file not found: give the instances_*.json path")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            return COCO(str(path))
+    except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a valid COCO instances json ({type(exc).__name__}: {exc}): "
+                        "give an official COCO annotation file") from None
+
+
+def _coco_annotation(coco: COCO, image_id: int, label_of: dict[int, int]):
+    """``(Annotation, [reason of each dropped box])`` of one image; ``BadSample`` when unusable."""
+    info = coco.imgs[image_id]
+    try:
+        width, height = int(info["width"]), int(info["height"])
+    except (KeyError, TypeError, ValueError):
+        raise BadSample("image entry without a valid width/height") from None
+    boxes, labels, crowd = [], [], []
+    for ann in coco.imgToAnns.get(image_id, []):
+        category = ann.get("category_id")
+        if category not in label_of:
+            raise BadSample(f"annotation {ann.get('id')}: unknown category_id {category}")
+        try:
+            x, y, w, h = (float(v) for v in ann["bbox"])
+        except (KeyError, TypeError, ValueError):
+            raise BadSample(f"annotation {ann.get('id')}: bbox missing or not 4 numbers") from None
+        if not np.all(np.isfinite([x, y, w, h])) or w < 0 or h < 0:
+            raise BadSample(f"annotation {ann.get('id')}: invalid bbox {[x, y, w, h]}")
+        boxes.append((x, y, x + w, y + h))
+        labels.append(label_of[category])
+        crowd.append(bool(ann.get("iscrowd", 0)))
+    clipped, keep = clip_boxes(np.array(boxes, dtype=np.float32), width, height)
+    dropped = [f"annotation box {boxes[i]} has no area inside the {width}x{height} image"
+               for i in np.flatnonzero(~keep)]
+    crowd_kept = np.array(crowd, dtype=bool)[keep]
+    annotation = Annotation(image_id=image_id, width=width, height=height, boxes=clipped[keep],
+                            labels=np.array(labels, dtype=np.int64)[keep], difficult=crowd_kept.copy(),
+                            crowd=crowd_kept)
+    return annotation, dropped
+
+
+def coco_dataset(images_dir: str | Path, annotation_file: str | Path, source: str | None = None,
+                 **transform) -> DetectionDataset:
+    """Every image listed in ``annotation_file`` (official COCO instances json) found in ``images_dir``.
+    ``transform`` (train, input_size, mean, std) goes to ``DetectionDataset``."""
+    images_dir = Path(images_dir)
+    source = source or f"coco:{images_dir}:{annotation_file}"
+    if not images_dir.is_dir():
+        raise UserError(f"{images_dir}: COCO image folder not found: give the folder holding the .jpg files")
+    coco = load_coco(annotation_file)
+    category_ids = sorted(coco.getCatIds())
+    if not category_ids:
+        raise UserError(f"{annotation_file}: no categories in this COCO json: give an instances_*.json")
+    class_names = [str(coco.cats[c].get("name", c)) for c in category_ids]
+    label_of = {category: label for label, category in enumerate(category_ids, start=1)}
+    records, skipped, dropped_boxes = [], [], []
+    image_ids = sorted(coco.getImgIds())
+    for image_id in image_ids:
+        image_path = images_dir / str(coco.imgs[image_id].get("file_name", f"{image_id:012d}.jpg"))
+        try:
+            if not image_path.is_file():
+                raise BadSample("image file missing")
+            annotation, dropped = _coco_annotation(coco, image_id, label_of)
+        except BadSample as exc:
+            skipped.append((str(image_path), str(exc)))
+            continue
+        dropped_boxes.extend((str(image_path), reason) for reason in dropped)
+        records.append(ImageRecord(str(image_path), annotation))
+    check_bad_fraction(source, len(image_ids), skipped, dropped_boxes)
+    return DetectionDataset("coco", source, class_names, records, skipped=skipped, dropped_boxes=dropped_boxes,
+                            coco_category_ids=category_ids, coco_annotation_file=str(Path(annotation_file)),
+                            **transform)

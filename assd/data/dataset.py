@@ -1,0 +1,180 @@
+"""``DetectionDataset``: the torch Dataset every data source (VOC, COCO, synthetic) is served as.
+
+A dataset is a list of ``ImageRecord`` (image path + ``Annotation``) built once at construction,
+when malformed samples are skipped and counted (``skipped``) and degenerate boxes dropped and counted
+(``dropped_boxes``). Images are read lazily. ``__getitem__`` runs the dataset's transform
+(``assd.data.transforms``): SSD augmentation when ``train=True``, plain resize + normalize otherwise.
+Datasets hold only plain data (no open files, no lambdas) so DataLoader workers can pickle them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from assd.data.annotation import Annotation
+from assd.data.transforms import build_transform
+from assd.errors import UserError
+from assd.models.config import IMAGENET_MEAN, IMAGENET_STD
+
+logger = logging.getLogger("assd.data")
+
+MAX_BAD_FRACTION = 0.5  # a set with more unusable samples than this is refused as a whole
+MAX_CONSECUTIVE_UNREADABLE = 50  # training gives up when this many images in a row cannot be read
+
+
+class BadSample(Exception):
+    """One sample's annotation cannot be used (the message says why); it is skipped and counted."""
+
+
+class UnreadableImage(UserError):
+    """An image file that OpenCV cannot decode (or whose size contradicts its annotation)."""
+
+
+@dataclass
+class ImageRecord:
+    """One usable sample: where its image is and what is in it."""
+
+    path: str
+    annotation: Annotation
+
+
+def read_rgb_image(path: str) -> np.ndarray:
+    """RGB uint8 ``[H, W, 3]`` from ``path``; ``UnreadableImage`` naming the file when it cannot be decoded."""
+    try:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # e.g. absurd dimensions in the header
+        raise UnreadableImage(f"{path}: cannot read image ({exc.msg.strip()}): replace or remove the file") from exc
+    if image is None:
+        raise UnreadableImage(f"{path}: missing, unreadable or corrupt image file: replace or remove it")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_bad_fraction(source: str, total: int, skipped: Sequence[tuple[str, str]],
+                       dropped_boxes: Sequence[tuple[str, str]] = ()) -> None:
+    """Refuse a set that is empty or mostly broken (UserError); warn in one line about a few bad samples."""
+    if total == 0:
+        raise UserError(f"{source}: no images found: check the path and the image set names")
+    if len(skipped) > MAX_BAD_FRACTION * total:
+        examples = "; ".join(f"{file}: {reason}" for file, reason in skipped[:3])
+        raise UserError(f"{source}: {len(skipped)} of {total} samples are unusable, e.g. {examples}: "
+                        "fix the annotations or point at the right folder")
+    if skipped or dropped_boxes:
+        first = skipped[0] if skipped else dropped_boxes[0]
+        logger.warning("%s: skipped %d of %d images and dropped %d degenerate boxes (first: %s: %s); "
+                       "see dataset.skipped / dataset.dropped_boxes",
+                       source, len(skipped), total, len(dropped_boxes), first[0], first[1])
+
+
+class DetectionDataset(Dataset):
+    """Images with box annotations, served as ``(image [3, S, S], {"boxes", "labels"})`` pairs.
+
+    Attributes:
+        name: ``"voc"``, ``"coco"`` or ``"synthetic"``.
+        source: the data spec or folder it was read from (for messages).
+        class_names: foreground names; label k <-> ``class_names[k - 1]``.
+        image_ids: per sample, the id its ``Annotation`` carries.
+        skipped: ``(file, reason)`` of each sample left out (malformed annotation, unknown class,
+            missing image, or, during training, an image that could not be decoded).
+        dropped_boxes: ``(file, reason)`` of each box dropped for having no area inside the image.
+        coco_category_ids: COCO only: label k <-> ``coco_category_ids[k - 1]``; else None.
+        coco_annotation_file: COCO only: the instances json; else None.
+        train, input_size, mean, std: what the transform does (see ``set_transform``).
+    """
+
+    def __init__(self, name: str, source: str, class_names: Sequence[str], records: Sequence[ImageRecord],
+                 *, skipped: Sequence[tuple[str, str]] = (), dropped_boxes: Sequence[tuple[str, str]] = (),
+                 train: bool = False, input_size: int | None = None,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 coco_category_ids: Sequence[int] | None = None, coco_annotation_file: str | None = None):
+        self.name = name
+        self.source = source
+        self.class_names = tuple(class_names)
+        self.records = list(records)
+        self.skipped = list(skipped)
+        self.dropped_boxes = list(dropped_boxes)
+        self.coco_category_ids = tuple(coco_category_ids) if coco_category_ids is not None else None
+        self.coco_annotation_file = coco_annotation_file
+        self.set_transform(train=train, input_size=input_size, mean=mean, std=std)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.class_names) + 1
+
+    @property
+    def image_ids(self) -> list:
+        return [record.annotation.image_id for record in self.records]
+
+    def set_transform(self, train: bool, input_size: int | None, mean: Sequence[float] = IMAGENET_MEAN,
+                      std: Sequence[float] = IMAGENET_STD) -> None:
+        """Serve SSD-augmented (``train``) or plainly resized samples of side ``input_size`` normalized with
+        ``mean``/``std`` (RGB, for pixels in [0, 1]). ``input_size=None`` keeps the image size (eval only)."""
+        if train and input_size is None:
+            raise ValueError("training samples need an input_size (the model's square input side)")
+        self.train = bool(train)
+        self.input_size = input_size
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.transform = build_transform(self.train, input_size, self.mean, self.std)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_path(self, index: int) -> str:
+        return self.records[index].path
+
+    def load_image(self, index: int) -> np.ndarray:
+        """RGB uint8 ``[H, W, 3]`` of sample ``index``; UserError naming the file when it cannot be read."""
+        return read_rgb_image(self.records[index].path)
+
+    def annotation(self, index: int) -> Annotation:
+        """All objects of sample ``index`` in pixels, difficult/crowd ones included (flagged)."""
+        return self.records[index].annotation
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(image float [3, S, S] normalized, {"boxes": float32 [n, 4] xyxy in 0..1, "labels": int64 [n]})``
+        without difficult/crowd objects. In training, an unreadable image is skipped (counted in
+        ``skipped``) and the next sample served instead."""
+        if not self.train:
+            return self._sample(index)
+        for attempt in range(min(MAX_CONSECUTIVE_UNREADABLE, len(self))):
+            current = (index + attempt) % len(self)
+            try:
+                return self._sample(current)
+            except UnreadableImage as exc:
+                self._note_unreadable(current, exc)
+        raise UserError(f"{self.source}: {min(MAX_CONSECUTIVE_UNREADABLE, len(self))} images in a row could not "
+                        f"be read, e.g. {self.skipped[-1][0]}: check the image folder")
+
+    def _note_unreadable(self, index: int, exc: UnreadableImage) -> None:
+        path = self.image_path(index)
+        if all(file != path for file, _ in self.skipped):
+            self.skipped.append((path, str(exc)))
+            logger.warning("skipping sample: %s", exc)
+
+    def _sample(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image = self.load_image(index)
+        annotation = self.annotation(index)
+        height, width = image.shape[:2]
+        if (width, height) != (annotation.width, annotation.height):
+            raise UnreadableImage(f"{self.image_path(index)}: image is {width}x{height} but its annotation says "
+                                  f"{annotation.width}x{annotation.height}: fix the annotation")
+        boxes, labels = annotation.training_objects()
+        image_chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        image_out, boxes_out, labels_out = self.transform(image_chw, torch.from_numpy(boxes),
+                                                          torch.from_numpy(labels))
+        return image_out, {"boxes": boxes_out, "labels": labels_out}
+
+
+def collate_detection(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[dict]]:
+    """DataLoader ``collate_fn``: images stacked to ``[B, 3, S, S]``, targets kept as a list of dicts."""
+    images = torch.stack([image for image, _ in batch])
+    targets = [target for _, target in batch]
+    return images, targets

@@ -1,0 +1,104 @@
+"""``assd predict``: detections for image files, written as JSON and as images with boxes drawn.
+
+Inference is any ``infer`` callable (``images [B, 3, S, S] -> (loc, conf)``), so a checkpoint, an ONNX
+session or a TensorRT engine can be plugged in; this module only needs the network's geometry
+(``ModelConfig``: input size, mean/std, variances, class names) and its priors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from assd.data.dataset import read_rgb_image
+from assd.errors import UserError
+from assd.evaluation.evaluate import predict_dataset
+from assd.evaluation.visualize import draw_detections, write_image
+from assd.runtime.postprocess import Detections, PostprocessConfig
+from assd.utils import atomic_write_text
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DETECTIONS_FILE = "detections.json"
+
+
+class ImageFiles:
+    """Image files served like a dataset (``len``, ``load_image``) for ``predict_dataset``."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load_image(self, index: int):
+        return read_rgb_image(str(self.paths[index]))  # UserError naming the file when unreadable
+
+
+def collect_images(sources: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files of ``sources`` (files, or folders whose image files are taken, sorted), without repeats."""
+    paths, seen = [], set()
+    for source in sources:
+        source = Path(source)
+        if source.is_dir():
+            found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        elif source.is_file():
+            found = [source]
+        else:
+            raise UserError(f"{source}: no such image file or folder")
+        for path in found:
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                paths.append(path)
+    return paths
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """Output image name per input: ``<stem>.jpg``, with ``_<n>`` added when two inputs share a stem."""
+    names, used = [], set()
+    for path in paths:
+        name, count = f"{path.stem}.jpg", 1
+        while name in used or name == DETECTIONS_FILE:
+            count += 1
+            name = f"{path.stem}_{count}.jpg"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def predict_images(infer: Callable, paths: Sequence[Path], cfg, priors_cxcywh: torch.Tensor,
+                   postprocess_cfg: PostprocessConfig, device: torch.device | str = "cpu",
+                   batch_size: int = 8) -> list[Detections]:
+    """Detections in pixels per image file; ``cfg`` is the network's ``ModelConfig``."""
+    return predict_dataset(infer, ImageFiles(paths), cfg.input_size, cfg.mean, cfg.std, priors_cxcywh,
+                           cfg.variances, postprocess_cfg, batch_size, device)
+
+
+def write_predictions(out_dir: str | os.PathLike, paths: Sequence[Path], detections: Sequence[Detections],
+                      class_names: Sequence[str], postprocess_cfg: PostprocessConfig | None = None) -> Path:
+    """Write ``out_dir/<stem>.jpg`` (boxes drawn) per image and ``out_dir/detections.json``.
+
+    The JSON is ``{"postprocess": {...}, "detections": [{"file_name", "image_id" (file stem),
+    "category_id" (class name), "label", "bbox" [x, y, w, h] pixels, "score"}, ...]}``; its
+    ``detections`` list is COCO-results-like (VOC convention) and can be given to ``assd eval
+    --detections`` when the images belong to a VOC dataset. Returns the JSON path.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path, name, dets in zip(paths, output_names(paths), detections, strict=True):
+        image = read_rgb_image(str(path))
+        write_image(out_dir / name, draw_detections(image, dets.boxes, dets.scores, dets.labels, class_names))
+        for box, score, label in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()):
+            records.append({"file_name": str(path), "image_id": path.stem, "category_id": class_names[label - 1],
+                            "label": label, "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
+                                                     round(box[3] - box[1], 2)], "score": round(score, 5)})
+    document = {"postprocess": postprocess_cfg.to_dict() if postprocess_cfg else None, "detections": records}
+    json_path = out_dir / DETECTIONS_FILE
+    atomic_write_text(json_path, json.dumps(document, indent=1) + "\n")
+    return json_path

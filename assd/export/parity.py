@@ -1,0 +1,137 @@
+"""Parity of an exported artifact against the PyTorch model on a few real images.
+
+Reports max / mean absolute differences of ``loc`` and ``conf`` and the detection agreement: the
+fraction of the reference's detections that the artifact reproduces (same class, IoU >= 0.9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from assd.models.assd import priors_for
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+@dataclass
+class ParityReport:
+    images: int
+    loc_max_abs: float
+    loc_mean_abs: float
+    conf_max_abs: float
+    conf_mean_abs: float
+    detections_reference: int
+    detections_matched: int
+    max_score_diff: float
+
+    @property
+    def agreement(self) -> float:
+        return 1.0 if self.detections_reference == 0 else self.detections_matched / self.detections_reference
+
+    def passed(self, conf_tolerance: float, min_agreement: float) -> bool:
+        return self.conf_max_abs <= conf_tolerance and self.agreement >= min_agreement
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "agreement": self.agreement}
+
+    def summary(self) -> str:
+        return (f"parity on {self.images} images: loc max|d| {self.loc_max_abs:.2e} (mean {self.loc_mean_abs:.2e}), "
+                f"conf max|d| {self.conf_max_abs:.2e} (mean {self.conf_mean_abs:.2e}), detections "
+                f"{self.detections_matched}/{self.detections_reference} matched ({100 * self.agreement:.1f}%)")
+
+
+def match_detections(reference, candidate, iou_threshold: float = 0.9) -> tuple[int, float]:
+    """(#reference detections with a same-class candidate at IoU >= threshold, max score difference
+    over those matches). ``reference`` / ``candidate``: ``Detections`` of one image."""
+    ref_boxes, cand_boxes = torch.as_tensor(reference.boxes), torch.as_tensor(candidate.boxes)
+    if len(ref_boxes) == 0 or len(cand_boxes) == 0:
+        return 0, 0.0
+    iou = box_iou(ref_boxes.float(), cand_boxes.float())  # [R, K]
+    same_class = torch.as_tensor(reference.labels)[:, None] == torch.as_tensor(candidate.labels)[None, :]
+    iou = torch.where(same_class, iou, torch.zeros_like(iou))
+    best_iou, best = iou.max(dim=1)
+    matched = best_iou >= iou_threshold
+    score_diff = (torch.as_tensor(reference.scores)[matched] - torch.as_tensor(candidate.scores)[best[matched]]).abs()
+    return int(matched.sum()), float(score_diff.max()) if len(score_diff) else 0.0
+
+
+def default_parity_images(limit: int = 4) -> list[np.ndarray]:
+    """A few real photos from ``../shared/data`` when present (beside the checkout or the cwd), else
+    synthetic images from the built-in dataset."""
+    import cv2
+
+    for base in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"):
+        folder = base / "voc-mini" / "VOCdevkit" / "VOC2012" / "JPEGImages"
+        if folder.is_dir():
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+            images = [cv2.imread(str(p)) for p in files]
+            return [cv2.cvtColor(img, cv2.COLOR_BGR2RGB) for img in images if img is not None]
+    from assd.data import parse_data_spec
+
+    dataset = parse_data_spec(f"synthetic:{limit}")
+    return [dataset.load_image(i) for i in range(limit)]
+
+
+def compare_runners(reference, candidate, images: list[np.ndarray], postprocess_cfg=None,
+                    batch_size: int = 2) -> ParityReport:
+    """Run both runners on ``images`` (RGB uint8) with the same pre/post-processing and compare."""
+    from assd.runtime.postprocess import PostprocessConfig, postprocess
+    from assd.runtime.preprocess import preprocess
+
+    cfg = reference.cfg
+    postprocess_cfg = postprocess_cfg or PostprocessConfig()
+    priors = priors_for(cfg)
+    stats = {"loc": [], "conf": []}
+    totals, score_diff = [0, 0], 0.0
+    for start in range(0, len(images), batch_size):
+        batch = preprocess(images[start:start + batch_size], cfg.input_size, cfg.mean, cfg.std)
+        outputs = [tuple(t.float().cpu() for t in runner.infer(batch)) for runner in (reference, candidate)]
+        (ref_loc, ref_conf), (cand_loc, cand_conf) = outputs
+        stats["loc"].append((ref_loc - cand_loc).abs().flatten())
+        stats["conf"].append((ref_conf - cand_conf).abs().flatten())
+        ref_dets = postprocess(ref_loc, ref_conf, priors, cfg.variances, postprocess_cfg)
+        cand_dets = postprocess(cand_loc, cand_conf, priors, cfg.variances, postprocess_cfg)
+        for ref, cand in zip(ref_dets, cand_dets):
+            matched, diff = match_detections(ref, cand)
+            totals[0] += len(ref.scores)
+            totals[1] += matched
+            score_diff = max(score_diff, diff)
+    loc_diff, conf_diff = torch.cat(stats["loc"]), torch.cat(stats["conf"])
+    return ParityReport(images=len(images), loc_max_abs=float(loc_diff.max()), loc_mean_abs=float(loc_diff.mean()),
+                        conf_max_abs=float(conf_diff.max()), conf_mean_abs=float(conf_diff.mean()),
+                        detections_reference=totals[0], detections_matched=totals[1], max_score_diff=score_diff)
+
+
+
+def compare_postprocessed(reference, onnx_path: str, images: list[np.ndarray], postprocess_cfg,
+                          batch_size: int = 2) -> ParityReport:
+    """Detection agreement of an ONNX file exported ``--with-postprocess`` against the reference runner
+    with the torch post-processing (raw-output differences are not defined there: reported as 0)."""
+    import onnxruntime as ort
+
+    from assd.runtime.postprocess import Detections, postprocess
+    from assd.runtime.preprocess import preprocess
+
+    cfg = reference.cfg
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    priors = priors_for(cfg)
+    totals, score_diff = [0, 0], 0.0
+    for start in range(0, len(images), batch_size):
+        batch = preprocess(images[start:start + batch_size], cfg.input_size, cfg.mean, cfg.std)
+        loc, conf = (t.float().cpu() for t in reference.infer(batch))
+        ref_dets = postprocess(loc, conf, priors, cfg.variances, postprocess_cfg)
+        boxes, scores, classes, count = session.run(None, {"images": batch.numpy()})
+        for index, ref in enumerate(ref_dets):
+            valid = int(count[index])
+            cand = Detections(boxes=boxes[index, :valid], scores=scores[index, :valid], labels=classes[index, :valid])
+            matched, diff = match_detections(ref, cand)
+            totals[0] += len(ref.scores)
+            totals[1] += matched
+            score_diff = max(score_diff, diff)
+    return ParityReport(images=len(images), loc_max_abs=0.0, loc_mean_abs=0.0, conf_max_abs=0.0, conf_mean_abs=0.0,
+                        detections_reference=totals[0], detections_matched=totals[1], max_score_diff=score_diff)

@@ -1,0 +1,346 @@
+"""The training loop: ``train(TrainOptions) -> TrainResult``, for one process or many under ``torchrun``.
+
+One epoch: every process takes its shard of the data (``ResumableSampler``), runs forward (optionally
+under autocast), computes the MultiBox loss, averages the loss parts over processes (that also lets every
+process see a NaN at the same step and stop together), back-propagates (DDP averages the gradients) and
+steps the optimizer at the schedule's lr. After each epoch rank 0 validates when due, writes
+``last.pt`` (and ``best.pt`` on a better mAP) and a metrics line; the other ranks wait.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from assd.data import collate_detection, parse_data_spec
+from assd.errors import CheckFailed, UserError
+from assd.models import ModelConfig, build_model, get_config
+from assd.models.checkpoint import save_checkpoint
+from assd.train import distributed
+from assd.train.loss import MultiBoxLoss
+from assd.train.monitor import RunMonitor, note, progress_bar
+from assd.train.options import AMP_MODES, TrainOptions, TrainResult
+from assd.train.recipes import Recipe, default_recipe_name, get_recipe
+from assd.train.sampling import ResumableSampler, SeededSamples
+from assd.train.schedule import apply_recipe, build_optimizer, lr_at, set_lr
+from assd.train.state import BEST, LAST, prepare_out_dir, restore_rng_states, rng_states
+from assd.train.validation import default_metric, validate
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Train (or continue training) the model described by ``options``; see ``TrainOptions``."""
+    ctx = distributed.setup(options.device)
+    try:
+        return Trainer(options, ctx).run()
+    finally:
+        distributed.cleanup(ctx)
+
+
+def _check_options(opts: TrainOptions, ctx: distributed.DistContext) -> None:
+    if opts.amp not in AMP_MODES:
+        raise UserError(f"--amp {opts.amp}: use one of {', '.join(AMP_MODES)}")
+    if opts.amp == "fp16" and ctx.device.type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA GPU: use --amp bf16 on CPU, or none")
+    if opts.sync_bn and not (ctx.distributed and ctx.device.type == "cuda"):
+        raise UserError("--sync-bn needs several GPU processes (torchrun --nproc-per-node N): drop it here")
+    if opts.val_every < 1:
+        raise UserError(f"--val-every {opts.val_every}: must be >= 1")
+    if opts.max_steps is not None and opts.max_steps < 1:
+        raise UserError(f"--max-steps {opts.max_steps}: must be >= 1")
+    if opts.workers < 0:
+        raise UserError(f"--workers {opts.workers}: must be >= 0")
+
+
+def _dataset(spec, cfg: ModelConfig, train: bool):
+    """A dataset from a spec, or the caller's dataset object after checking its input size."""
+    if isinstance(spec, str):
+        return parse_data_spec(spec, train=train, config=cfg)
+    size = getattr(spec, "input_size", cfg.input_size)
+    if size != cfg.input_size:
+        raise UserError(f"dataset {getattr(spec, 'source', spec)!s}: serves {size} px samples but "
+                        f"{cfg.name} takes {cfg.input_size} px: build it with input_size={cfg.input_size}")
+    return spec
+
+
+class Trainer:
+    """Builds everything a run needs from ``TrainOptions`` (and the checkpoint when resuming), then ``run``s."""
+
+    def __init__(self, opts: TrainOptions, ctx: distributed.DistContext):
+        _check_options(opts, ctx)
+        self.opts, self.ctx, self.device = opts, ctx, ctx.device
+        self.out = Path(opts.out)
+        self.verbose = opts.progress and ctx.is_main
+        state = self._start_state()
+        record = state.get("options", {}) if state else {}
+        cfg = self._model_config(state)
+        data = opts.data if opts.data is not None else record.get("data")
+        if data is None:
+            raise UserError("--data is required: " + "a data spec such as voc:ROOT, coco:IMAGES:JSON or synthetic")
+        self.train_set = _dataset(data, cfg, train=True)
+        if state is None:
+            cfg = cfg.with_classes(self.train_set.class_names)
+        elif tuple(self.train_set.class_names) != tuple(cfg.class_names):
+            raise UserError(f"{data}: its classes differ from the checkpoint's ({len(cfg.class_names)} classes): "
+                            "resume on the data the run started with")
+        self.cfg = cfg
+        self.recipe = self._recipe(state)
+        self.val_set = None
+        val_data = opts.val_data if opts.val_data is not None else record.get("val_data")
+        if val_data is not None:
+            self.val_set = _dataset(val_data, cfg, train=False)
+            if tuple(self.val_set.class_names) != tuple(cfg.class_names):
+                raise UserError(f"{val_data}: validation classes differ from the training data's: "
+                                "validate on the same kind of data")
+        self.val_metric = opts.val_metric or record.get("val_metric") or default_metric(self.val_set)
+        self.record = {**opts.to_record(), "data": str(getattr(self.train_set, "source", data)),
+                       "val_data": None if val_data is None else str(getattr(self.val_set, "source", val_data)),
+                       "val_metric": self.val_metric}
+        self._build_model(state)
+        self._build_loader()
+        self._build_optimizer(state)
+        self.epoch = state["epoch"] if state else 0
+        self.step_in_epoch = state["step_in_epoch"] if state else 0
+        self.global_step = state["global_step"] if state else 0
+        self.best_map = state.get("best_map") if state else None
+        self.best_epoch = state.get("best_epoch") if state else None
+        if state:
+            self._check_resume_position(state)
+            restore_rng_states(state["rng"])
+        self.monitor = RunMonitor(self.out, opts.tensorboard, self.verbose) if ctx.is_main else None
+
+    # ---------------------------------------------------------------- setup
+    def _start_state(self) -> dict | None:
+        """Rank 0 checks ``out`` (refusing to overwrite a run) and reads the checkpoint to resume from;
+        every rank gets the outcome, so an error stops all of them."""
+        payload = None
+        if self.ctx.is_main:
+            try:
+                payload = ("ok", prepare_out_dir(self.out, self.opts.resume, self.opts.force))
+            except UserError as exc:
+                payload = ("error", str(exc))
+        status, value = distributed.broadcast_from_main(payload, self.ctx)
+        if status == "error":
+            raise UserError(value)
+        return value
+
+    def _model_config(self, state: dict | None) -> ModelConfig:
+        wanted = self.opts.model
+        wanted_name = wanted.name if isinstance(wanted, ModelConfig) else wanted
+        if state is not None:
+            cfg = ModelConfig.from_dict(state["model_config"])
+            if wanted_name is not None and wanted_name != cfg.name:
+                raise UserError(f"--model {wanted_name}: the run in {self.out} trains {cfg.name}: "
+                                "drop --model or pass the same one")
+            return cfg
+        if wanted is None:
+            raise UserError("--model is required for a new run: pass a preset name (e.g. assd-mini, assd321)")
+        return wanted if isinstance(wanted, ModelConfig) else get_config(wanted)
+
+    def _recipe(self, state: dict | None) -> Recipe:
+        if self.opts.recipe is not None:
+            base = get_recipe(self.opts.recipe)
+        elif state is not None:
+            base = Recipe.from_dict(state["recipe"])
+        else:
+            base = get_recipe(default_recipe_name(self.cfg.input_size, self.cfg.backbone, self.train_set.name))
+        recipe = base.with_overrides(**self.opts.recipe_overrides())
+        note(f"recipe {recipe.name}: {recipe.optimizer} lr {recipe.lr:g}, batch {recipe.batch_size} x "
+             f"{self.ctx.world_size} process(es), {recipe.epochs} epochs, lr x{recipe.gamma:g} at "
+             f"{list(recipe.milestones)}, warm-up {recipe.warmup_epochs:g} epoch(s)", self.verbose)
+        return recipe
+
+    def _build_model(self, state: dict | None) -> None:
+        torch.manual_seed(self.opts.seed)
+        weights = self.opts.backbone_weights
+        if state is not None and weights not in (None, "none"):
+            note(f"note: --backbone-weights {weights} ignored: resuming from {self.out / LAST}", self.verbose)
+        model = build_model(self.cfg, backbone_weights=None if state is not None else weights)
+        if state is not None:
+            model.load_state_dict(state["model"])
+        if self.opts.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.channels_last = self.opts.channels_last if self.opts.channels_last is not None else (
+            self.device.type == "cuda")
+        model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.model = model
+        self.net = model
+        if self.ctx.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(model, device_ids=device_ids)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size
+        self.criterion = MultiBoxLoss(model.priors_cxcywh, self.cfg.variances).to(self.device)
+
+    def _build_loader(self) -> None:
+        samples = SeededSamples(self.train_set, self.opts.seed)
+        self.sampler = ResumableSampler(samples, self.ctx.world_size, self.ctx.rank, self.opts.seed)
+        batch = self.recipe.batch_size
+        self.steps_per_epoch = self.sampler.num_samples // batch
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{self.record['data']}: {len(self.train_set)} images are fewer than one batch "
+                            f"({batch} per process x {self.ctx.world_size} processes): lower --batch-size")
+        self.loader = DataLoader(samples, batch_size=batch, sampler=self.sampler, num_workers=self.opts.workers,
+                                 collate_fn=collate_detection, pin_memory=self.device.type == "cuda",
+                                 drop_last=True)
+
+    def _build_optimizer(self, state: dict | None) -> None:
+        self.optimizer = build_optimizer(self.model, self.recipe)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.opts.amp == "fp16")
+        if state is not None:
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as exc:
+                raise UserError(f"{self.out / LAST}: optimizer state does not fit ({exc}): resume with the "
+                                "run's optimizer") from None
+            if state.get("scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["scaler"])
+        apply_recipe(self.optimizer, self.recipe, self.recipe.lr)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.opts.amp)
+
+    def _check_resume_position(self, state: dict) -> None:
+        global_batch = self.recipe.batch_size * self.ctx.world_size
+        if self.step_in_epoch and state.get("global_batch") != global_batch:
+            raise UserError(f"{self.out / LAST}: stopped in the middle of an epoch with {state.get('global_batch')} "
+                            f"images per step, now {global_batch}: resume with the same --batch-size and "
+                            "number of processes")
+        if self.step_in_epoch >= self.steps_per_epoch:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        note(f"resuming {self.out / LAST}: epoch {self.epoch + 1}, step {self.step_in_epoch + 1} of "
+             f"{self.steps_per_epoch}, global step {self.global_step}", self.verbose)
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> TrainResult:
+        result = TrainResult(out_dir=self.out, last_checkpoint=self.out / LAST, best_checkpoint=None,
+                             recipe=self.recipe, epochs_completed=self.epoch, global_step=self.global_step,
+                             finished=False, best_map=self.best_map)
+        try:
+            while self.epoch < self.recipe.epochs and not self._step_limit_reached():
+                epoch_line = self._train_epoch(result)
+                if epoch_line is None:  # max_steps stopped the run inside the epoch
+                    self._save(self.out / LAST)
+                    break
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                result.epoch_losses.append(epoch_line["loss"])
+                self._log("epoch", epoch_line, result)
+                self._end_of_epoch(result)
+            if self.epoch >= self.recipe.epochs and self.global_step == result.global_step:
+                note(f"{self.out}: nothing to do, the run already finished {self.recipe.epochs} epochs "
+                     "(pass --epochs N to train longer)", self.verbose)
+        finally:
+            if self.monitor is not None:
+                self.monitor.close()
+        distributed.barrier(self.ctx)
+        best = self.out / BEST
+        result.best_checkpoint = best if self.best_map is not None and best.exists() else None
+        result.epochs_completed, result.global_step = self.epoch, self.global_step
+        result.finished, result.best_map = self.epoch >= self.recipe.epochs, self.best_map
+        return result
+
+    def _step_limit_reached(self) -> bool:
+        return self.opts.max_steps is not None and self.global_step >= self.opts.max_steps
+
+    def _end_of_epoch(self, result: TrainResult) -> None:
+        is_last = self.epoch >= self.recipe.epochs
+        improved = False
+        if self.val_set is not None and (self.epoch % self.opts.val_every == 0 or is_last):
+            if self.ctx.is_main:
+                improved = self._validate(result)
+            distributed.barrier(self.ctx)
+        self._save(self.out / LAST)
+        if improved:
+            self._save(self.out / BEST)
+
+    def _validate(self, result: TrainResult) -> bool:
+        self.model.eval()
+        try:
+            evaluation = validate(self.model, self.val_set, self.val_metric, self.recipe.batch_size, self.device)
+        finally:
+            self.model.train()
+        improved = self.best_map is None or evaluation.mAP > self.best_map
+        if improved:
+            self.best_map, self.best_epoch = float(evaluation.mAP), self.epoch
+        self._log("val", {"epoch": self.epoch, "global_step": self.global_step, "metric": self.val_metric,
+                          "mAP": float(evaluation.mAP), "best_mAP": self.best_map}, result)
+        return improved
+
+    def _train_epoch(self, result: TrainResult) -> dict | None:
+        """One epoch (or its rest, when resuming); the epoch's metrics, or None if ``max_steps`` hit."""
+        batch = self.recipe.batch_size
+        self.sampler.set_position(self.epoch, self.step_in_epoch * batch)
+        self.net.train()
+        sums, steps, started = torch.zeros(3, dtype=torch.float64), 0, time.perf_counter()
+        with progress_bar(self.epoch, self.recipe.epochs, self.steps_per_epoch, self.step_in_epoch,
+                          self.verbose) as bar:
+            for images, targets in self.loader:
+                lr = lr_at(self.recipe, self.epoch, self.step_in_epoch, self.steps_per_epoch)
+                parts = self._train_step(images, targets, lr)
+                sums += torch.tensor(parts)
+                steps += 1
+                result.step_losses.append(parts[0])
+                images_per_s = steps * batch * self.ctx.world_size / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{parts[0]:.3f}", loc=f"{parts[1]:.3f}", conf=f"{parts[2]:.3f}",
+                                lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
+                bar.update(1)
+                if self.monitor is not None:
+                    self.monitor.step(self.global_step, {"loss": parts[0], "loc_loss": parts[1],
+                                                         "conf_loss": parts[2], "lr": lr})
+                if self._step_limit_reached() and self.step_in_epoch < self.steps_per_epoch:
+                    return None
+        seconds = time.perf_counter() - started
+        mean = (sums / max(steps, 1)).tolist()
+        return {"epoch": self.epoch + 1, "global_step": self.global_step, "loss": mean[0], "loc_loss": mean[1],
+                "conf_loss": mean[2], "lr": lr, "steps": steps, "seconds": round(seconds, 3),
+                "img_per_s": round(steps * batch * self.ctx.world_size / seconds, 3)}
+
+    def _train_step(self, images: torch.Tensor, targets: list[dict], lr: float) -> tuple[float, float, float]:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        set_lr(self.optimizer, lr)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loc, conf = self.net(images)
+        losses = self.criterion(loc, conf, targets)
+        parts = torch.stack([losses["loss"], losses["loc_loss"], losses["conf_loss"]]).detach()
+        loss, loc_loss, conf_loss = distributed.average(parts, self.ctx).tolist()
+        if not math.isfinite(loss):
+            self._stop_on_bad_loss(loss, loc_loss, conf_loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.global_step += 1
+        self.step_in_epoch += 1
+        return loss, loc_loss, conf_loss
+
+    def _stop_on_bad_loss(self, loss: float, loc_loss: float, conf_loss: float) -> None:
+        last = self.out / LAST
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
+        raise CheckFailed(f"training loss became {loss} (loc {loc_loss}, conf {conf_loss}) at step "
+                          f"{self.global_step + 1}, epoch {self.epoch + 1}: stopped; {kept}; lower --lr "
+                          "(or lengthen --warmup-epochs) and --resume, or check the data")
+
+    # ---------------------------------------------------------------- files
+    def _log(self, kind: str, values: dict, result: TrainResult) -> None:
+        if self.monitor is not None:
+            result.history.append(self.monitor.record(kind, values))
+        if kind == "val":
+            note(f"epoch {values['epoch']}: {values['metric']} mAP {values['mAP']:.4f} (best "
+                 f"{values['best_mAP']:.4f})", self.verbose)
+
+    def _save(self, path: Path) -> None:
+        if not self.ctx.is_main:
+            return
+        save_checkpoint(
+            self.model, path, optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            scheduler={"schedule": "linear warm-up + multistep", "lr": self.optimizer.param_groups[0]["lr"]},
+            epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
+            global_batch=self.recipe.batch_size * self.ctx.world_size, recipe=self.recipe.to_dict(),
+            options=self.record, best_map=self.best_map, best_epoch=self.best_epoch, rng=rng_states(),
+            finished=self.epoch >= self.recipe.epochs)
