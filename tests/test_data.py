@@ -12,11 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from assd.data import (SYNTHETIC_CLASSES, Annotation, collate_detection, parse_data_spec, parse_voc_sets,
-                       render_synthetic)
+from assd.data import (
+    SYNTHETIC_CLASSES,
+    Annotation,
+    collate_detection,
+    parse_data_spec,
+    parse_voc_sets,
+    render_synthetic,
+)
 from assd.errors import UserError
 from assd.models.config import VOC_CLASSES
-
 
 # ---------------------------------------------------------------- VOC (real photos)
 
@@ -235,7 +240,7 @@ def test_corrupt_image_raises_for_eval_and_is_skipped_in_training(tmp_path):
     with pytest.raises(UserError, match=r"img001\.jpg"):
         dataset.__getitem__(1)
     training = parse_data_spec(f"voc:{tmp_path}", train=True, input_size=32)
-    image, target = training[1]  # served from the next sample instead
+    image, _target = training[1]  # served from the next sample instead
     assert image.shape == (3, 32, 32)
     assert [file for file, _ in training.skipped] == [str(corrupt)]
 

@@ -7,15 +7,36 @@ them. ``annotation(i)`` and ``load_image(i)`` serve evaluation (pixels, difficul
 
 from assd.data.annotation import Annotation, clip_boxes
 from assd.data.coco import coco_dataset
-from assd.data.dataset import DetectionDataset, ImageRecord, UnreadableImage, collate_detection, read_rgb_image
+from assd.data.dataset import (
+    DetectionDataset,
+    ImageRecord,
+    UnreadableImage,
+    collate_detection,
+    read_rgb_image,
+)
 from assd.data.spec import SPEC_FORMS, parse_data_spec
 from assd.data.synthetic import SYNTHETIC_CLASSES, SyntheticDataset, render_synthetic
 from assd.data.transforms import EvalTransform, SSDAugmentation, build_transform, resize_normalize
 from assd.data.voc import parse_voc_sets, voc_dataset
 
 __all__ = [
-    "Annotation", "DetectionDataset", "EvalTransform", "ImageRecord", "SPEC_FORMS", "SSDAugmentation",
-    "SYNTHETIC_CLASSES", "SyntheticDataset", "UnreadableImage", "build_transform", "clip_boxes", "coco_dataset",
-    "collate_detection", "parse_data_spec", "parse_voc_sets", "read_rgb_image", "render_synthetic",
-    "resize_normalize", "voc_dataset",
+    "SPEC_FORMS",
+    "SYNTHETIC_CLASSES",
+    "Annotation",
+    "DetectionDataset",
+    "EvalTransform",
+    "ImageRecord",
+    "SSDAugmentation",
+    "SyntheticDataset",
+    "UnreadableImage",
+    "build_transform",
+    "clip_boxes",
+    "coco_dataset",
+    "collate_detection",
+    "parse_data_spec",
+    "parse_voc_sets",
+    "read_rgb_image",
+    "render_synthetic",
+    "resize_normalize",
+    "voc_dataset",
 ]

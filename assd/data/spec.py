@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from assd.data.coco import coco_dataset
 from assd.data.dataset import DetectionDataset
 from assd.data.synthetic import SyntheticDataset
-from assd.data.voc import _SET_PATTERN, voc_dataset
+from assd.data.voc import is_voc_sets, voc_dataset
 from assd.errors import UserError
 from assd.models.config import IMAGENET_MEAN, IMAGENET_STD
 
@@ -29,7 +29,7 @@ def _bad(spec: str, why: str) -> UserError:
 
 def _split_voc(spec: str, rest: str) -> tuple[str, str | None]:
     root, sep, last = rest.rpartition(":")
-    if sep and all(_SET_PATTERN.match(term.strip()) for term in last.split("+")):
+    if sep and is_voc_sets(last):
         return root, last
     if not rest:
         raise _bad(spec, "no VOC root folder")
@@ -50,8 +50,8 @@ def parse_data_spec(spec: str, train: bool = False, input_size: int | None = Non
         input_size = config.input_size if input_size is None else input_size
         mean = config.mean if mean is None else mean
         std = config.std if std is None else std
-    transform = dict(train=train, input_size=input_size, mean=mean if mean is not None else IMAGENET_MEAN,
-                     std=std if std is not None else IMAGENET_STD)
+    transform = {"train": train, "input_size": input_size,
+                 "mean": mean if mean is not None else IMAGENET_MEAN, "std": std if std is not None else IMAGENET_STD}
     kind, _, rest = spec.partition(":")
     if kind == "voc":
         root, sets = _split_voc(spec, rest)

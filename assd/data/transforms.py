@@ -78,7 +78,7 @@ class SSDAugmentation:
         self.input_size = input_size
         self.mean = tuple(mean)
         self.std = tuple(std)
-        mean_colour = [int(round(255 * value)) for value in mean]
+        mean_colour = [round(255 * value) for value in mean]
         self.photometric = v2.RandomPhotometricDistort(p=p_photometric)
         self.zoom_out = v2.RandomZoomOut(fill=mean_colour, side_range=(1.0, max_zoom_out), p=p_zoom_out)
         self.iou_crop = v2.RandomIoUCrop(sampler_options=list(iou_crop_options))

@@ -30,6 +30,11 @@ _SET_PATTERN = re.compile(r"^(\d{2}|\d{4})(?:-(train|val|trainval|test))?$")
 VOC_SETS_HELP = "VOC image sets: YEAR[-SPLIT] joined by '+', e.g. 07+12, 2007-test, 2012-trainval"
 
 
+def is_voc_sets(text: str) -> bool:
+    """Whether ``text`` reads as VOC image sets (``07+12``, ``2007-test``, ...)."""
+    return all(_SET_PATTERN.match(term.strip()) for term in text.split("+"))
+
+
 def parse_voc_sets(text: str) -> list[tuple[str, str]]:
     """``"07+12"`` -> ``[("2007", "trainval"), ("2012", "trainval")]``; ``"2007-test"`` -> ``[("2007", "test")]``."""
     sets = []

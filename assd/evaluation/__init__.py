@@ -14,7 +14,12 @@ from assd.evaluation.evaluate import (
     evaluate_model,
     predict_dataset,
 )
-from assd.evaluation.results_json import from_coco_results, load_coco_results, save_coco_results, to_coco_results
+from assd.evaluation.results_json import (
+    from_coco_results,
+    load_coco_results,
+    save_coco_results,
+    to_coco_results,
+)
 
 __all__ = ["METRICS", "EvalResult", "FirstImages", "check_class_names", "default_metric", "evaluate_detections",
            "evaluate_model", "from_coco_results", "load_coco_results", "predict_dataset", "save_coco_results",

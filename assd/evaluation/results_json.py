@@ -62,9 +62,12 @@ def _finite(value, what: str, where: str) -> float:
 def from_coco_results(records, dataset, source: str = "detections") -> list[Detections]:
     """Per-image ``Detections`` in pixels (aligned with the dataset's indices) from COCO results records.
 
-    Raises ``UserError`` (naming ``source``) for records that are not well-formed, image ids not in the
+    ``records`` may also be ``{"detections": [...], ...}`` (as ``assd predict`` writes). Raises
+    ``UserError`` (naming ``source``) for records that are not well-formed, image ids not in the
     dataset and categories the dataset does not have. Images without records get no detections.
     """
+    if isinstance(records, dict) and "detections" in records:
+        records = records["detections"]
     if not isinstance(records, list):
         raise UserError(f"{source}: expected a JSON list of COCO results records, got {type(records).__name__}")
     index_of = {_plain(image_id): index for index, image_id in enumerate(dataset.image_ids)}

@@ -49,7 +49,7 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
     for index in np.argsort(scores, kind="stable"):
         label = int(labels[index])
         color = class_color(label)
-        x1, y1, x2, y2 = (int(round(float(v))) for v in boxes[index])
+        x1, y1, x2, y2 = (round(float(v)) for v in boxes[index])
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness + 1)
         name = class_names[label - 1] if 1 <= label <= len(class_names) else str(label)
         put_label(canvas, f"{name} {float(scores[index]):.2f}", x1, y1, color)
@@ -70,7 +70,7 @@ def mark_point(image: np.ndarray, x: float, y: float) -> np.ndarray:
     """A copy of ``image`` with a white-ringed black dot at pixel ``(x, y)``."""
     canvas = np.ascontiguousarray(image).copy()
     radius = max(4, max(image.shape[:2]) // 80)
-    center = (int(round(x)), int(round(y)))
+    center = (round(float(x)), round(float(y)))
     cv2.circle(canvas, center, radius + 2, (255, 255, 255), -1, cv2.LINE_AA)
     cv2.circle(canvas, center, radius, (0, 0, 0), -1, cv2.LINE_AA)
     return canvas

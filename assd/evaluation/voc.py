@@ -32,11 +32,8 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> fl
     """AP from the cumulative ``recall``/``precision`` of the ranked detections (devkit ``voc_ap``)."""
     recall, precision = np.asarray(recall, np.float64), np.asarray(precision, np.float64)
     if use_07_metric:
-        ap = 0.0
-        for threshold in np.arange(0.0, 1.1, 0.1):
-            above = recall >= threshold
-            ap += (precision[above].max() if above.any() else 0.0) / 11.0
-        return float(ap)
+        best = [precision[recall >= t].max() if np.any(recall >= t) else 0.0 for t in np.arange(0.0, 1.1, 0.1)]
+        return float(np.sum(best) / 11.0)  # (the devkit adds p / 11 in turn: equal to ~1e-16)
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope: max to the right

@@ -28,6 +28,7 @@ class ParityReport:
     detections_reference: int
     detections_matched: int
     max_score_diff: float
+    raw_compared: bool = True  # False for --with-postprocess graphs (no loc/conf outputs)
 
     @property
     def agreement(self) -> float:
@@ -40,9 +41,11 @@ class ParityReport:
         return {**asdict(self), "agreement": self.agreement}
 
     def summary(self) -> str:
-        return (f"parity on {self.images} images: loc max|d| {self.loc_max_abs:.2e} (mean {self.loc_mean_abs:.2e}), "
-                f"conf max|d| {self.conf_max_abs:.2e} (mean {self.conf_mean_abs:.2e}), detections "
-                f"{self.detections_matched}/{self.detections_reference} matched ({100 * self.agreement:.1f}%)")
+        raw = (f"loc max|d| {self.loc_max_abs:.2e} (mean {self.loc_mean_abs:.2e}), conf max|d| "
+               f"{self.conf_max_abs:.2e} (mean {self.conf_mean_abs:.2e}), " if self.raw_compared else "")
+        return (f"parity on {self.images} images: {raw}detections {self.detections_matched}/"
+                f"{self.detections_reference} matched ({100 * self.agreement:.1f}%), max score diff "
+                f"{self.max_score_diff:.2e}")
 
 
 def match_detections(reference, candidate, iou_threshold: float = 0.9) -> tuple[int, float]:
@@ -134,4 +137,5 @@ def compare_postprocessed(reference, onnx_path: str, images: list[np.ndarray], p
             totals[1] += matched
             score_diff = max(score_diff, diff)
     return ParityReport(images=len(images), loc_max_abs=0.0, loc_mean_abs=0.0, conf_max_abs=0.0, conf_mean_abs=0.0,
-                        detections_reference=totals[0], detections_matched=totals[1], max_score_diff=score_diff)
+                        detections_reference=totals[0], detections_matched=totals[1], max_score_diff=score_diff,
+                        raw_compared=False)

@@ -53,7 +53,7 @@ class PostprocessConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "PostprocessConfig":
+    def from_dict(cls, data: dict | None) -> PostprocessConfig:
         """From ``to_dict``'s output (``None`` or ``{}``: the defaults)."""
         data = dict(data or {})
         known = {f.name for f in dataclasses.fields(cls)}
@@ -90,16 +90,16 @@ class Detections:
         return len(self.scores)
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
-    def to_pixels(self, width: int, height: int) -> "Detections":
+    def to_pixels(self, width: int, height: int) -> Detections:
         """A copy with normalized boxes scaled to a ``width`` x ``height`` image and clipped to it."""
         scale = np.array([width, height, width, height], dtype=np.float32)
         boxes = np.clip(self.boxes * scale, 0, scale)
         return Detections(boxes, self.scores.copy(), self.labels.copy())
 
-    def select(self, keep: np.ndarray) -> "Detections":
+    def select(self, keep: np.ndarray) -> Detections:
         """The detections where the boolean mask (or index array) ``keep`` selects."""
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep])
 
@@ -145,7 +145,7 @@ def postprocess(
     cand_boxes = boxes[image_idx, cand_anchors[image_idx, class_idx, slot]]
     # float64: batched_nms offsets each group's boxes by group * (max coordinate + 1); in float32 that
     # costs small normalized boxes ~1e-4 of precision once there are hundreds of groups.
-    kept = batched_nms(cand_boxes.double(), cand_scores, image_idx * foreground + class_idx, cfg.nms_iou)
+    kept = batched_nms(cand_boxes.double(), cand_scores.double(), image_idx * foreground + class_idx, cfg.nms_iou)
 
     # kept is sorted by decreasing score; regroup by image (stable) and keep each image's best.
     kept = kept[torch.sort(image_idx[kept], stable=True).indices]

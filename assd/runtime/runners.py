@@ -64,7 +64,13 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {model} ({torch.get_num_threads()} threads)"
 
 
 def resolve_device(device: str | None) -> torch.device:

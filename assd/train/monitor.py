@@ -29,7 +29,7 @@ class RunMonitor:
         self.out_dir = out_dir
         self.metrics_path = out_dir / METRICS
         out_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = open(self.metrics_path, "a", encoding="utf-8")
+        self._metrics = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._writer = None
         if tensorboard:
             try:

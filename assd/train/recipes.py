@@ -73,7 +73,7 @@ class Recipe:
         if problems:
             raise UserError(f"recipe {self.name}: bad " + "; bad ".join(problems))
 
-    def with_overrides(self, **values) -> "Recipe":
+    def with_overrides(self, **values) -> Recipe:
         """A copy with the given fields changed (``None`` values are ignored); the name gets ``+custom``."""
         changes = {key: value for key, value in values.items() if value is not None}
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -92,7 +92,7 @@ class Recipe:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Recipe":
+    def from_dict(cls, data: dict) -> Recipe:
         values = dict(data)
         values["milestones"] = tuple(values.get("milestones", ()))
         return cls(**values)
