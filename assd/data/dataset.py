@@ -140,8 +140,9 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(image float [3, S, S] normalized, {"boxes": float32 [n, 4] xyxy in 0..1, "labels": int64 [n]})``
-        without difficult/crowd objects. In training, an unreadable image is skipped (counted in
-        ``skipped``) and the next sample served instead."""
+        without difficult/crowd objects. In training, an unreadable image is skipped (logged once and
+        counted in ``skipped`` - of the worker's copy, under a multi-worker DataLoader) and the next
+        sample served instead."""
         if not self.train:
             return self._sample(index)
         for attempt in range(min(MAX_CONSECUTIVE_UNREADABLE, len(self))):

@@ -7,7 +7,9 @@ so training-time validation, ``assd eval``, and the backend-parity checks share 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,6 +103,19 @@ class FirstImages:
         return getattr(self.dataset, name)
 
 
+def _image_batches(dataset, batch_size: int, workers: int = 4) -> Iterator[list[np.ndarray]]:
+    """The dataset's images in batches, decoded on a thread pool up to one batch ahead (OpenCV releases
+    the GIL), so decoding overlaps inference without holding the whole set in memory."""
+    with ThreadPoolExecutor(workers) as pool:
+        pending, next_index = deque(), 0
+        for start in range(0, len(dataset), batch_size):
+            end = min(start + batch_size, len(dataset))
+            while next_index < min(len(dataset), end + batch_size):
+                pending.append(pool.submit(dataset.load_image, next_index))
+                next_index += 1
+            yield [pending.popleft().result() for _ in range(end - start)]
+
+
 def _to_torch(output, device) -> torch.Tensor:
     tensor = output if isinstance(output, torch.Tensor) else torch.from_numpy(np.asarray(output))
     return tensor.to(device)
@@ -131,12 +146,14 @@ def predict_dataset(
     """
     from tqdm import tqdm
 
+    if batch_size < 1:
+        raise UserError(f"batch size {batch_size}: must be >= 1")
     device = torch.device(device)
     priors = torch.as_tensor(priors_cxcywh).to(device)
     detections: list[Detections] = []
-    starts = range(0, len(dataset), batch_size)
-    for start in tqdm(starts, desc="predict", unit="batch", disable=not progress, leave=False):
-        images = [dataset.load_image(i) for i in range(start, min(start + batch_size, len(dataset)))]
+    total = -(-len(dataset) // batch_size)
+    for images in tqdm(_image_batches(dataset, batch_size), total=total, desc="predict", unit="batch",
+                       disable=not progress, leave=False):
         batch = preprocess(images, input_size, mean, std, device=device)
         with torch.inference_mode():
             loc, conf = infer(batch)

@@ -98,7 +98,8 @@ def write_predictions(out_dir: str | os.PathLike, paths: Sequence[Path], detecti
             records.append({"file_name": str(path), "image_id": path.stem, "category_id": class_names[label - 1],
                             "label": label, "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
                                                      round(box[3] - box[1], 2)], "score": round(score, 5)})
-    document = {"postprocess": postprocess_cfg.to_dict() if postprocess_cfg else None, "detections": records}
+    settings = json.dumps(postprocess_cfg.to_dict() if postprocess_cfg else None)
+    lines = ",\n".join(f"  {json.dumps(record)}" for record in records)  # one detection per line
     json_path = out_dir / DETECTIONS_FILE
-    atomic_write_text(json_path, json.dumps(document, indent=1) + "\n")
+    atomic_write_text(json_path, f'{{"postprocess": {settings},\n "detections": [\n{lines}\n]}}\n')
     return json_path

@@ -19,10 +19,12 @@ from assd.train.recipes import Recipe
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """SGD with momentum (the paper) or AdamW (``momentum`` is beta1), weight decay on every parameter."""
     params = [p for p in model.parameters() if p.requires_grad]
+    # The multi-tensor kernels: on a CPU the default per-tensor AdamW loop is ~20x slower than fused.
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=recipe.lr, betas=(recipe.momentum, 0.999),
-                                 weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+                                 weight_decay=recipe.weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                           foreach=True)
 
 
 def lr_at(recipe: Recipe, epoch: int, step_in_epoch: int, steps_per_epoch: int) -> float:
