@@ -94,7 +94,8 @@ def _postprocess_click_options(score_threshold: float):
 
 
 @cli.command("eval")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Checkpoint (.pt) to evaluate.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="Artifact to evaluate: checkpoint (.pt), .onnx or .engine.")
 @click.option("--detections", "detections_path", type=click.Path(dir_okay=False),
               help="Evaluate precomputed detections (COCO results JSON) instead of a model.")
 @click.option("--data", "data_spec", required=True,
@@ -110,10 +111,9 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
                  score_threshold, nms_iou, top_k, max_detections):
     """Per-class AP and mAP of a checkpoint (or of a detections file) on a dataset."""
     from assd.data import parse_data_spec
-    from assd.evaluation import FirstImages, check_class_names, evaluate_detections, evaluate_model
+    from assd.evaluation import FirstImages, check_class_names, evaluate_detections
     from assd.evaluation.report import ap_table
     from assd.evaluation.results_json import load_coco_results
-    from assd.runtime.runners import resolve_device
     from assd.utils import atomic_write_json
 
     if (model_path is None) == (detections_path is None):
@@ -122,13 +122,18 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
     if limit is not None:
         dataset = FirstImages(dataset, limit)
     if model_path is not None:
-        from assd.models.checkpoint import load_checkpoint
+        from assd.evaluation import predict_dataset
+        from assd.models.assd import priors_for
+        from assd.runtime.runners import open_runner
 
-        model = load_checkpoint(model_path)
-        check_class_names(model.cfg.class_names, dataset, model_path)
+        runner = open_runner(model_path, device=device)  # .pt checkpoint, .onnx or .engine
+        cfg = runner.cfg
+        check_class_names(cfg.class_names, dataset, model_path)
         pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
-        result = evaluate_model(model, dataset, metric, batch_size=batch_size, device=resolve_device(device),
-                                postprocess_cfg=pp_cfg, progress=True)
+        runner.check_batch(batch_size)
+        detections = predict_dataset(runner.infer, dataset, cfg.input_size, cfg.mean, cfg.std, priors_for(cfg),
+                                     cfg.variances, pp_cfg, batch_size, runner.device, progress=True)
+        result = evaluate_detections(detections, dataset, metric, pp_cfg)
     else:
         result = evaluate_detections(load_coco_results(detections_path, dataset), dataset, metric)
     click.echo(ap_table(result, dataset.class_names))
@@ -143,7 +148,8 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
 
 
 @cli.command("predict")
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint (.pt), .onnx or .engine.")
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for detections.json and the images with boxes drawn.")
@@ -153,15 +159,16 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
 def predict_command(model_path, sources, out_dir, batch_size, device, score_threshold, nms_iou, top_k, max_detections):
     """Detect objects in SOURCES (image files or folders): detections.json + images with boxes drawn."""
     from assd.evaluation.predict import collect_images, predict_images, write_predictions
-    from assd.models.checkpoint import load_checkpoint
-    from assd.runtime.runners import resolve_device
+    from assd.models.assd import priors_for
+    from assd.runtime.runners import open_runner
 
-    torch_device = resolve_device(device)
     paths = collect_images(sources)
     pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
-    model = load_checkpoint(model_path).to(torch_device)
-    detections = predict_images(model, paths, model.cfg, model.priors_cxcywh, pp_cfg, torch_device, batch_size)
-    json_path = write_predictions(out_dir, paths, detections, model.cfg.class_names, pp_cfg)
+    runner = open_runner(model_path, device=device)  # .pt checkpoint, .onnx or .engine
+    runner.check_batch(batch_size)
+    detections = predict_images(runner.infer, paths, runner.cfg, priors_for(runner.cfg), pp_cfg, runner.device,
+                                batch_size)
+    json_path = write_predictions(out_dir, paths, detections, runner.cfg.class_names, pp_cfg)
     total = sum(len(dets) for dets in detections)
     click.echo(f"{total} detections in {len(paths)} images -> {json_path} and {len(paths)} drawn images in {out_dir}")
 
@@ -291,8 +298,10 @@ def train_command(model, data_spec, out_dir, recipe, epochs, batch_size, lr, mom
 @click.option("--parity-images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of images for the parity check (default: ../shared/data if present, else synthetic).")
 @click.option("--no-parity", is_flag=True, help="Skip the ONNX Runtime parity check.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: half-precision graph, attention scores/softmax and I/O in fp32 (int8: 'assd calibrate').")
 def export_command(model, to_onnx, output, opset, batch, with_postprocess, attention_op, max_detections,
-                   parity_images, no_parity):
+                   parity_images, no_parity, precision):
     """Export MODEL (checkpoint or preset) to ONNX, then check parity with ONNX Runtime."""
     from assd.export.workflow import export_and_check
 
@@ -301,7 +310,7 @@ def export_command(model, to_onnx, output, opset, batch, with_postprocess, atten
                         "'assd build-engine model.onnx')")
     export_and_check(model, output, opset=opset, batch=batch, with_postprocess=with_postprocess,
                      attention_op=attention_op, max_detections=max_detections, parity_images=parity_images,
-                     check_parity=not no_parity, echo=click.echo)
+                     check_parity=not no_parity, echo=click.echo, precision=precision)
 
 
 
@@ -362,6 +371,70 @@ def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch
     check_parity(parity)
 
 # ---------------------------------------------------------------- tensorrt (issue 6)
+def _calibration_options(command):
+    """The --calib-* options shared by 'calibrate' and 'build-engine --int8'."""
+    options = [
+        click.option("--calib-images", type=int, default=500, show_default=True,
+                     help="Calibration images (evenly spaced over the source)."),
+        click.option("--calib-method", type=click.Choice(["entropy", "percentile", "max"]), default="entropy",
+                     show_default=True, help="How activation ranges are chosen from the measured values."),
+        click.option("--calib-cache", type=click.Path(dir_okay=False), default=None,
+                     help="JSON cache of the ranges: reused when the ONNX file and settings match, else rewritten."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@cli.command("calibrate")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("--calib-data", required=True,
+              help="Calibration images: a folder, or voc:ROOT[:SETS], coco:IMAGES:JSON, synthetic[:N].")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .int8.onnx file.")
+@_calibration_options
+@click.option("--calib-percentile", type=float, default=99.999, show_default=True,
+              help="Percentile of |x| kept (--calib-method percentile).")
+@click.option("--parity-images", type=int, default=8, show_default=True,
+              help="Images of --calib-data for the int8-vs-fp32 parity report (0: skip).")
+def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method, calib_cache, calib_percentile,
+                      parity_images):
+    """INT8 post-training quantization of the fp32 ONNX_FILE to a Q/DQ graph (TensorRT's explicit
+    quantization): per-channel int8 Conv weights, calibrated per-tensor activations, attention in float."""
+    from assd.calibration.workflow import calibrate_and_report
+
+    calibrate_and_report(onnx_file, output, calib_data, num_images=calib_images, method=calib_method,
+                         cache_path=calib_cache, percentile=calib_percentile, parity_images=parity_images,
+                         echo=click.echo)
+
+
+@cli.command("build-engine")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .engine file.")
+@click.option("--fp32", "precision", flag_value="fp32", help="Build the fp32 graph as is.")
+@click.option("--fp16", "precision", flag_value="fp16", help="Convert an fp32 graph to fp16 first (default: "
+              "the ONNX file's own precision).")
+@click.option("--int8", "precision", flag_value="int8", help="Calibrate an fp32 graph to int8 Q/DQ first "
+              "(needs --calib-data).")
+@click.option("--batch", default=None, help="Optimization profile MIN:OPT:MAX (default 1:8:32, or the fixed batch).")
+@click.option("--workspace", type=float, default=None, help="Builder workspace limit in GB (default: TensorRT's).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="Timing cache file: read when present, written after the build.")
+@click.option("--calib-data", default=None, help="Calibration images for --int8 (folder or data spec).")
+@_calibration_options
+@click.option("--version-compatible", is_flag=True, help="Engine runs on this TensorRT version or newer.")
+@click.option("--hardware-compat", type=click.Choice(["none", "same-cc", "ampere+"]), default="none",
+              show_default=True, help="GPUs the engine may run on besides this one's architecture.")
+def build_engine_command(onnx_file, output, precision, batch, workspace, timing_cache, calib_data, calib_images,
+                         calib_method, calib_cache, version_compatible, hardware_compat):
+    """Build a strongly typed TensorRT engine (+ OUTPUT.json sidecar) from an assd ONNX_FILE."""
+    from assd.export.engine import CalibrationOptions, EngineOptions, build_engine
+
+    options = EngineOptions(
+        precision=precision, batch=batch, workspace_gb=workspace, timing_cache=timing_cache,
+        version_compatible=version_compatible, hardware_compat=hardware_compat,
+        calibration=CalibrationOptions(data=calib_data, images=calib_images, method=calib_method, cache=calib_cache))
+    build_engine(onnx_file, output, options, echo=click.echo)
+
 
 
 # ---------------------------------------------------------------- demo (issue 7)

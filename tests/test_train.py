@@ -105,12 +105,12 @@ def test_seeded_samples_repeat_their_augmentation_and_leave_global_rng_alone():
 
 # ---------------------------------------------------------------- runs, checkpoints, resume
 def test_run_writes_reloadable_checkpoint_and_metrics(tmp_path):
-    result = train(options(tmp_path / "run"))
-    assert result.finished and result.epochs_completed == 2 and result.global_step == 8
-    assert len(result.step_losses) == 8 and all(torch.isfinite(torch.tensor(result.step_losses)))
+    result = train(options(tmp_path / "run", data=synthetic(4)))
+    assert result.finished and result.epochs_completed == 2 and result.global_step == 4
+    assert len(result.step_losses) == 4 and all(torch.isfinite(torch.tensor(result.step_losses)))
     state = torch.load(result.last_checkpoint, weights_only=True)
     assert state["epoch"] == 2 and state["step_in_epoch"] == 0 and state["finished"]
-    assert state["recipe"]["epochs"] == 2 and state["options"]["data"] == "synthetic:8:0"
+    assert state["recipe"]["epochs"] == 2 and state["options"]["data"] == "synthetic:4:0"
     model = load_checkpoint(result.last_checkpoint)
     assert model.cfg.class_names == synthetic().class_names and model.cfg.num_classes == 5
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -118,11 +118,12 @@ def test_run_writes_reloadable_checkpoint_and_metrics(tmp_path):
 
 
 def test_resume_continues_with_the_same_next_step_losses(tmp_path):
-    reference = train(options(tmp_path / "straight"))
-    interrupted = train(options(tmp_path / "split", max_steps=3))  # stops in the middle of epoch 1
-    assert not interrupted.finished and interrupted.global_step == 3
-    across_epochs = train(options(tmp_path / "split", resume=True, max_steps=6, model=None))
-    rest = train(options(tmp_path / "split", resume=True, model=None))
+    six = synthetic(6)  # 3 steps per epoch
+    reference = train(options(tmp_path / "straight", data=six))
+    interrupted = train(options(tmp_path / "split", data=six, max_steps=2))  # stops in the middle of epoch 1
+    assert not interrupted.finished and interrupted.global_step == 2
+    across_epochs = train(options(tmp_path / "split", data=six, resume=True, max_steps=4, model=None))
+    rest = train(options(tmp_path / "split", data=six, resume=True, model=None))
     resumed = interrupted.step_losses + across_epochs.step_losses + rest.step_losses
     assert rest.finished and len(resumed) == len(reference.step_losses)
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(reference.step_losses), rtol=1e-5, atol=1e-6)
@@ -170,7 +171,7 @@ class _NaNImages(torch.utils.data.Dataset):
 
 def test_nan_loss_stops_with_check_failed_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
-    train(options(out, epochs=1))
+    train(options(out, epochs=1, max_steps=1))
     good = (out / "last.pt").read_bytes()
     with pytest.raises(CheckFailed, match="loss became nan.*last good checkpoint"):
         train(options(out, resume=True, epochs=2, data=_NaNImages(), model=None))

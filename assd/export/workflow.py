@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,9 +10,13 @@ from assd.errors import CheckFailed, UserError
 from assd.export.onnx_export import export_onnx
 from assd.export.parity import ParityReport, compare_postprocessed, compare_runners, default_parity_images
 
-# fp32 ONNX vs PyTorch: logits may differ by float rounding only; detections must agree.
-FP32_CONF_TOLERANCE = 1e-2
+# fp32 ONNX vs PyTorch: logits may differ by float rounding only (relative to their magnitude);
+# detections must agree.
+FP32_CONF_TOLERANCE = 1e-3
 FP32_MIN_AGREEMENT = 0.95
+# fp16 ONNX (--precision fp16, assd.export.fp16) vs PyTorch fp32: half-precision rounding of every layer.
+FP16_CONF_TOLERANCE = 0.1
+FP16_MIN_AGREEMENT = 0.9
 
 
 def _load_images(folder: str | None, limit: int = 4):
@@ -48,7 +53,7 @@ def _parse_batch(batch: str | int) -> str | int:
 def export_and_check(model_spec: str, output: str, opset: int = 18, batch: str | int = "dynamic",
                      with_postprocess: bool = False, attention_op: bool = False, max_detections: int | None = None,
                      parity_images: str | None = None, check_parity: bool = True,
-                     echo: Callable[[str], None] = print) -> ParityReport | None:
+                     echo: Callable[[str], None] = print, precision: str = "fp32") -> ParityReport | None:
     """Export ``model_spec`` (checkpoint or preset) to ``output`` and check it against PyTorch.
 
     Raises ``CheckFailed`` (file kept, with a warning) when parity is off."""
@@ -59,14 +64,22 @@ def export_and_check(model_spec: str, output: str, opset: int = 18, batch: str |
     batch = _parse_batch(batch)
     if not str(output).endswith(".onnx"):
         raise UserError(f"{output}: the output file must end in .onnx")
+    if precision not in ("fp32", "fp16"):
+        raise UserError(f"--precision {precision}: export writes fp32 or fp16 graphs (int8: 'assd calibrate')")
     model = load_model(model_spec)
     postprocess_cfg = PostprocessConfig()
     if max_detections is not None:
         postprocess_cfg = PostprocessConfig.from_dict({**postprocess_cfg.to_dict(), "max_detections": max_detections})
-    export_onnx(model, output, opset=opset, batch=batch, with_postprocess=with_postprocess,
-                postprocess=postprocess_cfg.to_dict(), attention_op=attention_op)
+    with tempfile.TemporaryDirectory(prefix="assd-export-") as tmp:
+        fp32_file = output if precision == "fp32" else str(Path(tmp) / "fp32.onnx")
+        export_onnx(model, fp32_file, opset=opset, batch=batch, with_postprocess=with_postprocess,
+                    postprocess=postprocess_cfg.to_dict(), attention_op=attention_op)
+        if precision == "fp16":
+            from assd.export.fp16 import write_fp16_onnx
+
+            write_fp16_onnx(fp32_file, output)
     size_mb = Path(output).stat().st_size / 1e6
-    echo(f"wrote {output} ({size_mb:.1f} MB, opset {opset}, batch {batch}, "
+    echo(f"wrote {output} ({size_mb:.1f} MB, {precision}, opset {opset}, batch {batch}, "
          f"{'detections' if with_postprocess else 'loc/conf'} outputs)")
     if not check_parity:
         return None
@@ -83,9 +96,11 @@ def export_and_check(model_spec: str, output: str, opset: int = 18, batch: str |
         report = compare_runners(reference, OnnxRuntimeRunner(output, torch.device("cpu")), images,
                                  postprocess_cfg, batch_size=step)
     echo(report.summary())
-    if not report.passed(FP32_CONF_TOLERANCE, FP32_MIN_AGREEMENT):
-        echo(f"warning: {output} was written but does not match PyTorch (tolerance: conf max|d| <= "
-             f"{FP32_CONF_TOLERANCE}, agreement >= {FP32_MIN_AGREEMENT:.0%})")
+    conf_tolerance, min_agreement = ((FP32_CONF_TOLERANCE, FP32_MIN_AGREEMENT) if precision == "fp32"
+                                     else (FP16_CONF_TOLERANCE, FP16_MIN_AGREEMENT))
+    if not report.passed(conf_tolerance, min_agreement):
+        echo(f"warning: {output} was written but does not match PyTorch (tolerance: relative conf max|d| <= "
+             f"{conf_tolerance}, agreement >= {min_agreement:.0%})")
         raise CheckFailed(f"{output}: ONNX Runtime parity check failed")
     echo("parity OK")
     return report

@@ -1,0 +1,209 @@
+"""``assd build-engine``: an assd ONNX file -> a strongly typed TensorRT engine + its JSON sidecar.
+
+Precision lives in the ONNX graph (TensorRT 11 removed the FP16/INT8 builder flags and implicit INT8
+calibrators; TensorRT 10 builds the same graphs with ``STRONGLY_TYPED``): ``--fp16`` / ``--int8`` on an
+fp32 ONNX first write the fp16 graph (``assd.export.fp16``) or the calibrated Q/DQ graph
+(``assd.calibration``) beside the engine, then build that. Checks run cheapest first, so bad input
+fails with one line anywhere: arguments and ONNX metadata, then "is TensorRT installed?", then "is there
+a CUDA device?" — on a machine without TensorRT/GPU the precision graph is still written, ready to be
+taken to a GPU machine.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import assd
+from assd.calibration.cache import sha256_file
+from assd.errors import UserError
+from assd.export.metadata import OnnxMetadata, read_metadata
+from assd.runtime.engine_info import HARDWARE_COMPAT_LEVELS, EngineInfo, sidecar_path
+from assd.runtime.tensorrt_support import import_tensorrt, require_tensorrt
+from assd.utils import atomic_write_bytes, atomic_write_json
+
+PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+DEFAULT_BATCH = (1, 8, 32)
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    min: int
+    opt: int
+    max: int
+
+    @classmethod
+    def parse(cls, text: str | None, fixed_batch: int | None = None) -> BatchRange:
+        """``"MIN:OPT:MAX"`` or ``"N"`` (all three N); None: the ONNX's fixed batch, else 1:8:32."""
+        if text is None:
+            return cls(fixed_batch, fixed_batch, fixed_batch) if fixed_batch else cls(*DEFAULT_BATCH)
+        try:
+            values = [int(part) for part in text.split(":")]
+        except ValueError:
+            values = []
+        if len(values) == 1:
+            values *= 3
+        if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+            raise UserError(f"--batch {text}: use MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (e.g. 1:8:32) or one size")
+        batch = cls(*values)
+        if fixed_batch and batch != cls(fixed_batch, fixed_batch, fixed_batch):
+            raise UserError(f"--batch {text}: the ONNX file has a fixed batch of {fixed_batch}: use --batch "
+                            f"{fixed_batch} or re-export with --batch dynamic")
+        return batch
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    data: str | None = None
+    images: int = 500
+    method: str = "entropy"
+    cache: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    precision: str | None = None  # None: the ONNX file's own precision
+    batch: str | None = None
+    workspace_gb: float | None = None
+    timing_cache: str | None = None
+    version_compatible: bool = False
+    hardware_compat: str = "none"
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+
+
+def check_options(onnx_path: str, output: str, options: EngineOptions) -> tuple[OnnxMetadata, str, BatchRange]:
+    """Validate everything that needs no TensorRT: returns (ONNX metadata, target precision, batch range)."""
+    if Path(output).suffix not in ENGINE_SUFFIXES:
+        raise UserError(f"{output}: the engine file must end in {', '.join(ENGINE_SUFFIXES)}")
+    if options.hardware_compat not in HARDWARE_COMPAT_LEVELS:
+        raise UserError(f"--hardware-compat {options.hardware_compat}: choose one of {', '.join(HARDWARE_COMPAT_LEVELS)}")
+    if options.workspace_gb is not None and options.workspace_gb <= 0:
+        raise UserError(f"--workspace {options.workspace_gb}: must be a positive number of GB")
+    metadata = read_metadata(onnx_path)
+    precision = options.precision or metadata.precision
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    if precision != metadata.precision and metadata.precision != "fp32":
+        raise UserError(f"{onnx_path}: is a {metadata.precision} graph; --{precision} starts from the fp32 export "
+                        f"(or pass the {precision} graph itself)")
+    if precision == "int8" and metadata.precision == "fp32" and not options.calibration.data:
+        raise UserError(f"{onnx_path}: --int8 from an fp32 graph needs calibration images: pass --calib-data SPEC "
+                        "(a data spec or image folder), or an int8 graph made by 'assd calibrate'")
+    if precision == "int8" and options.calibration.method not in ("entropy", "percentile", "max"):
+        raise UserError(f"--calib-method {options.calibration.method}: choose entropy, percentile or max")
+    return metadata, precision, BatchRange.parse(options.batch, metadata.fixed_batch)
+
+
+def precision_graph_path(onnx_path: str, output: str, precision: str) -> Path:
+    """Where the fp16 / int8 graph made for an engine goes: beside the engine, named after the ONNX."""
+    return Path(output).parent / f"{Path(onnx_path).stem}.{precision}.onnx"
+
+
+def make_precision_graph(onnx_path: str, output: str, metadata: OnnxMetadata, precision: str,
+                         calibration: CalibrationOptions, echo: Callable[[str], None] = print) -> str:
+    """The ONNX file to build: ``onnx_path`` itself when it already has ``precision``, else the converted
+    (fp16) or calibrated (int8) graph, written beside the engine."""
+    if precision == metadata.precision:
+        return str(onnx_path)
+    target = precision_graph_path(onnx_path, output, precision)
+    if precision == "fp16":
+        from assd.export.fp16 import write_fp16_onnx
+
+        write_fp16_onnx(onnx_path, str(target))
+        echo(f"wrote the fp16 graph {target} (attention scores and softmax in fp32, I/O fp32)")
+    else:
+        from assd.calibration import quantize_int8
+
+        result = quantize_int8(onnx_path, str(target), calibration.data, num_images=calibration.images,
+                               method=calibration.method, cache_path=calibration.cache, echo=echo)
+        echo(f"wrote the int8 Q/DQ graph {target} ({result.quantized_nodes} Conv quantized, "
+             f"{len(result.excluded_nodes)} attention nodes kept in float)")
+    return str(target)
+
+
+def build_engine(onnx_path: str, output: str, options: EngineOptions,
+                 echo: Callable[[str], None] = print) -> EngineInfo:
+    """Build ``output`` (+ ``output.json``) from ``onnx_path``; see the module docstring for the order."""
+    metadata, precision, batch = check_options(onnx_path, output, options)
+    graph = make_precision_graph(onnx_path, output, metadata, precision, options.calibration, echo)
+    where = f" (the {precision} graph is {graph}: build it on a GPU machine with 'assd build-engine {graph} -o {output}')"
+    try:
+        require_tensorrt("building a TensorRT engine")
+    except UserError as exc:
+        raise UserError(f"{exc}{where}") from None
+    trt = import_tensorrt("building a TensorRT engine")
+    plan = _build_plan(trt, graph, metadata, precision, batch, options, echo)
+    atomic_write_bytes(output, plan)
+    capability = torch.cuda.get_device_capability()
+    info = EngineInfo(
+        tensorrt_version=trt.__version__, gpu_name=torch.cuda.get_device_name(),
+        compute_capability=f"{capability[0]}.{capability[1]}", precision=precision,
+        input_shape=[3, metadata.model_config.input_size, metadata.model_config.input_size],
+        batch_min=batch.min, batch_opt=batch.opt, batch_max=batch.max, onnx_sha256=sha256_file(graph),
+        onnx_file=Path(graph).name, model_config=metadata.model_config.to_dict(), postprocess=metadata.postprocess,
+        outputs=metadata.outputs, version_compatible=options.version_compatible,
+        hardware_compatibility=options.hardware_compat, assd_version=assd.__version__,
+        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        class_names=list(metadata.model_config.class_names))
+    atomic_write_json(sidecar_path(output), info.to_dict())
+    echo(f"wrote {output} ({len(plan) / 1e6:.1f} MB, TensorRT {info.tensorrt_version}, {info.gpu_name} "
+         f"sm_{capability[0]}{capability[1]}, {precision}, batch {batch.min}:{batch.opt}:{batch.max}) and "
+         f"{sidecar_path(output).name}")
+    return info
+
+
+def _parse(trt, network, logger, graph: str) -> None:
+    parser = trt.OnnxParser(network, logger)
+    if parser.parse_from_file(graph):
+        return
+    errors = [parser.get_error(i) for i in range(parser.num_errors)]
+    if not errors:
+        raise UserError(f"{graph}: TensorRT's ONNX parser failed without a message")
+    error = errors[0]
+    node = error.node_name() if hasattr(error, "node_name") else f"#{error.node()}"
+    operator = error.node_operator() if hasattr(error, "node_operator") else "?"
+    raise UserError(f"{graph}: TensorRT's ONNX parser failed at node {node} ({operator}): {error.desc()}"
+                    + (f" (+{len(errors) - 1} more errors)" if len(errors) > 1 else ""))
+
+
+def _build_plan(trt, graph: str, metadata: OnnxMetadata, precision: str, batch: BatchRange, options: EngineOptions,
+                echo: Callable[[str], None]) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Strongly typed: every tensor keeps the type the ONNX graph gives it (always on in TensorRT 11,
+    # where the flag is accepted and ignored; opt-in on TensorRT 10).
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    _parse(trt, network, logger, graph)
+    config = builder.create_builder_config()
+    if options.workspace_gb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
+    size = metadata.model_config.input_size
+    profile = builder.create_optimization_profile()
+    profile.set_shape("images", (batch.min, 3, size, size), (batch.opt, 3, size, size), (batch.max, 3, size, size))
+    config.add_optimization_profile(profile)
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options.hardware_compat != "none":
+        level = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}[options.hardware_compat]
+        if not hasattr(trt.HardwareCompatibilityLevel, level):
+            raise UserError(f"--hardware-compat {options.hardware_compat}: not supported by TensorRT {trt.__version__}")
+        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
+    timing_cache = None
+    if options.timing_cache:
+        cached = Path(options.timing_cache).read_bytes() if Path(options.timing_cache).is_file() else b""
+        timing_cache = config.create_timing_cache(cached)
+        config.set_timing_cache(timing_cache, ignore_mismatch=False)
+        echo(f"timing cache {options.timing_cache}: " + ("read" if cached else "new"))
+    echo(f"building the {precision} engine from {graph} (strongly typed, batch {batch.min}:{batch.opt}:{batch.max}) ...")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise UserError(f"{graph}: TensorRT could not build an engine (see its messages above)")
+    if timing_cache is not None:
+        atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
+        echo(f"wrote timing cache {options.timing_cache}")
+    return bytes(plan)
