@@ -74,7 +74,8 @@ def _quiet_ort():
         root.setLevel(previous)
 
 
-def calibration_settings(method: str, num_images: int, source: str, percentile: float) -> CalibrationSettings:
+def calibration_settings(method: str, num_images: int, source: str, percentile: float,
+                         num_bins: int = HISTOGRAM_BINS) -> CalibrationSettings:
     if method not in METHODS:
         raise UserError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
     if method == "percentile" and not 50.0 < percentile <= 100.0:
@@ -83,7 +84,7 @@ def calibration_settings(method: str, num_images: int, source: str, percentile: 
     return CalibrationSettings(
         method=method, images=num_images, source=str(folder.resolve()) if folder.is_dir() else source,
         percentile=percentile if method == "percentile" else None, op_types=QUANTIZED_OP_TYPES,
-        num_bins=HISTOGRAM_BINS if method != "max" else None)
+        num_bins=num_bins if method != "max" else None)
 
 
 def measure_ranges(onnx_path: str, metadata: OnnxMetadata, settings: CalibrationSettings,
@@ -161,9 +162,10 @@ def excluded_node_names(graph: onnx.GraphProto) -> list[str]:
 
 def quantize_int8(onnx_path: str, output: str, calib_data: str, num_images: int = DEFAULT_IMAGES,
                   method: str = "entropy", cache_path: str | None = None, percentile: float = DEFAULT_PERCENTILE,
-                  echo: Callable[[str], None] = print) -> QuantizeResult:
+                  echo: Callable[[str], None] = print, num_bins: int = HISTOGRAM_BINS) -> QuantizeResult:
     """Write the INT8 Q/DQ graph of the fp32 assd ONNX file ``onnx_path`` to ``output`` (atomically),
-    calibrated on ``num_images`` images of ``calib_data``; ranges cached in ``cache_path`` when given."""
+    calibrated on ``num_images`` images of ``calib_data``; ranges cached in ``cache_path`` when given.
+    ``num_bins``: histogram bins for entropy / percentile (fewer: faster, coarser)."""
     from assd.export.onnx_export import check_and_serialize
 
     if not str(output).endswith(".onnx"):
@@ -173,7 +175,7 @@ def quantize_int8(onnx_path: str, output: str, calib_data: str, num_images: int 
     if metadata.precision != "fp32":
         raise UserError(f"{onnx_path}: is a {metadata.precision} graph; calibrate the fp32 export "
                         "('assd export --onnx')")
-    settings = calibration_settings(method, num_images, calib_data, percentile)
+    settings = calibration_settings(method, num_images, calib_data, percentile, num_bins)
     onnx_sha256 = sha256_file(onnx_path)
     lookup = load_cache(cache_path, onnx_sha256, settings) if cache_path else None
     if lookup is not None:

@@ -12,6 +12,7 @@ taken to a GPU machine.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,8 @@ def build_engine(onnx_path: str, output: str, options: EngineOptions,
         compute_capability=f"{capability[0]}.{capability[1]}", precision=precision,
         input_shape=[3, metadata.model_config.input_size, metadata.model_config.input_size],
         batch_min=batch.min, batch_opt=batch.opt, batch_max=batch.max, onnx_sha256=sha256_file(graph),
-        onnx_file=Path(graph).name, model_config=metadata.model_config.to_dict(), postprocess=metadata.postprocess,
+        onnx_file=Path(graph).name, model_config=json.loads(metadata.model_config.to_json()),
+        postprocess=metadata.postprocess,
         outputs=metadata.outputs, version_compatible=options.version_compatible,
         hardware_compatibility=options.hardware_compat, assd_version=assd.__version__,
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
