@@ -179,7 +179,8 @@ def _build_plan(trt, graph: str, metadata: OnnxMetadata, precision: str, batch: 
     builder = trt.Builder(logger)
     # Strongly typed: every tensor keeps the type the ONNX graph gives it (always on in TensorRT 11,
     # where the flag is accepted and ignored; opt-in on TensorRT 10).
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     _parse(trt, network, logger, graph)
     config = builder.create_builder_config()
     if options.workspace_gb is not None:
@@ -198,8 +199,13 @@ def _build_plan(trt, graph: str, metadata: OnnxMetadata, precision: str, batch: 
     timing_cache = None
     if options.timing_cache:
         cached = Path(options.timing_cache).read_bytes() if Path(options.timing_cache).is_file() else b""
-        timing_cache = config.create_timing_cache(cached)
-        config.set_timing_cache(timing_cache, ignore_mismatch=False)
+        try:
+            timing_cache = config.create_timing_cache(cached)
+        except (RuntimeError, TypeError, ValueError):
+            timing_cache = None
+        if timing_cache is None or not config.set_timing_cache(timing_cache, ignore_mismatch=False):
+            raise UserError(f"--timing-cache {options.timing_cache}: TensorRT cannot use this file (another "
+                            "TensorRT version or GPU?): delete it or pass another path")
         echo(f"timing cache {options.timing_cache}: " + ("read" if cached else "new"))
     echo(f"building the {precision} engine from {graph} (strongly typed, batch {batch.min}:{batch.opt}:{batch.max}) ...")
     plan = builder.build_serialized_network(network, config)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -112,7 +113,6 @@ def convert_to_fp16(model: onnx.ModelProto, block: Iterable[onnx.NodeProto] | No
                                                 or n.op_type in FLOAT32_ONLY_OPS]
     blocked = {id(node) for node in block}
     is_float = {name for name, elem in types.items() if elem == FLOAT}
-    graph_inputs = {value.name for value in graph.input}
     graph_outputs = {value.name for value in graph.output}
 
     # The "home" type of every float tensor: float16 if a converted node or converted initializer makes it.
@@ -148,7 +148,6 @@ def convert_to_fp16(model: onnx.ModelProto, block: Iterable[onnx.NodeProto] | No
         new_nodes.append(helper.make_node("Cast", [fp16_name], [name], name=f"{name}/cast_output", to=FLOAT))
     del graph.node[:]
     graph.node.extend(new_nodes)
-    assert not graph_inputs & home_fp16, "graph inputs keep their float32 type"
     _fix_value_info(graph, home_fp16, renamed, casts)
     return model
 
@@ -188,6 +187,8 @@ def write_fp16_onnx(source: str, output: str) -> OnnxMetadata:
     fp16) to ``output``. Returns the new metadata."""
     from assd.export.onnx_export import check_and_serialize
 
+    if Path(output).resolve() == Path(source).resolve():
+        raise UserError(f"{output}: would overwrite the fp32 input: choose another output, e.g. model.fp16.onnx")
     model = load_onnx(source)
     metadata = metadata_from_model(model, source=str(source))
     if metadata.precision != "fp32":

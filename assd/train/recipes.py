@@ -110,6 +110,9 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+PAPER_RECIPES = ("voc-321", "voc-513", "coco-321", "coco-513")
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise UserError(f"unknown recipe '{name}': choose one of {', '.join(RECIPES)}")

@@ -26,7 +26,7 @@ from assd.train import distributed
 from assd.train.loss import MultiBoxLoss
 from assd.train.monitor import RunMonitor, note, progress_bar
 from assd.train.options import AMP_MODES, TrainOptions, TrainResult
-from assd.train.recipes import Recipe, default_recipe_name, get_recipe
+from assd.train.recipes import PAPER_RECIPES, Recipe, default_recipe_name, get_recipe
 from assd.train.sampling import ResumableSampler, SeededSamples
 from assd.train.schedule import apply_recipe, build_optimizer, lr_at, set_lr
 from assd.train.state import BEST, LAST, prepare_out_dir, restore_rng_states, rng_states
@@ -160,6 +160,9 @@ class Trainer:
         weights = self.opts.backbone_weights
         if state is not None and weights not in (None, "none"):
             note(f"note: --backbone-weights {weights} ignored: resuming from {self.out / LAST}", self.verbose)
+        if state is None and weights in (None, "none") and self.recipe.name.split("+")[0] in PAPER_RECIPES:
+            note(f"note: {self.cfg.backbone} starts from random weights; the paper's recipes assume ImageNet "
+                 "weights (--backbone-weights imagenet or a torchvision state_dict file)", self.verbose)
         model = build_model(self.cfg, backbone_weights=None if state is not None else weights)
         if state is not None:
             model.load_state_dict(state["model"])
