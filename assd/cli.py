@@ -261,8 +261,6 @@ def train_command(model, data_spec, out_dir, recipe, epochs, batch_size, lr, mom
 
     from assd.train import TrainOptions, train
 
-    if resume and force:
-        raise UserError("--resume and --force contradict each other: pass one")
     result = train(TrainOptions(
         model=model, data=data_spec, out=out_dir, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
         momentum=momentum, weight_decay=weight_decay, milestones=_milestones(milestones),

@@ -69,7 +69,8 @@ def prepare_out_dir(out: Path, resume: bool, force: bool) -> dict | None:
     """Check ``out`` against ``--resume`` / ``--force``; the checkpoint to resume from, or None.
 
     A folder that already holds a run (``last.pt``) is never overwritten silently: ``--resume`` continues
-    it, ``--force`` deletes what a previous run wrote there (checkpoints, metrics, TensorBoard logs).
+    it; with ``--force`` the caller deletes what the previous run wrote (``clear_previous_run``) once the
+    new run's settings have been checked.
     """
     last = out / LAST
     if out.exists() and not out.is_dir():
@@ -85,8 +86,11 @@ def prepare_out_dir(out: Path, resume: bool, force: bool) -> dict | None:
         state = read_checkpoint(last)
         raise UserError(f"{out}: already holds a training run ({describe_run(state)}): pass --resume to "
                         "continue it, --force to start over (deletes its checkpoints and logs) or another --out")
-    if force:
-        for name in (LAST, BEST, METRICS):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
     return None
+
+
+def clear_previous_run(out: Path) -> None:
+    """Delete what an earlier run wrote into ``out`` (``--force``): checkpoints, metrics, TensorBoard logs."""
+    for name in (LAST, BEST, METRICS):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)

@@ -29,7 +29,7 @@ from assd.train.options import AMP_MODES, TrainOptions, TrainResult
 from assd.train.recipes import PAPER_RECIPES, Recipe, default_recipe_name, get_recipe
 from assd.train.sampling import ResumableSampler, SeededSamples
 from assd.train.schedule import apply_recipe, build_optimizer, lr_at, set_lr
-from assd.train.state import BEST, LAST, prepare_out_dir, restore_rng_states, rng_states
+from assd.train.state import BEST, LAST, clear_previous_run, prepare_out_dir, restore_rng_states, rng_states
 from assd.train.validation import default_metric, validate
 
 
@@ -43,6 +43,8 @@ def train(options: TrainOptions) -> TrainResult:
 
 
 def _check_options(opts: TrainOptions, ctx: distributed.DistContext) -> None:
+    if opts.resume and opts.force:
+        raise UserError("--resume and --force contradict each other: pass one")
     if opts.amp not in AMP_MODES:
         raise UserError(f"--amp {opts.amp}: use one of {', '.join(AMP_MODES)}")
     if opts.amp == "fp16" and ctx.device.type != "cuda":
@@ -81,7 +83,7 @@ class Trainer:
         cfg = self._model_config(state)
         data = opts.data if opts.data is not None else record.get("data")
         if data is None:
-            raise UserError("--data is required: " + "a data spec such as voc:ROOT, coco:IMAGES:JSON or synthetic")
+            raise UserError("--data is required: pass a data spec such as voc:ROOT, coco:IMAGES:JSON or synthetic")
         self.train_set = _dataset(data, cfg, train=True)
         if state is None:
             cfg = cfg.with_classes(self.train_set.class_names)
@@ -112,6 +114,8 @@ class Trainer:
         if state:
             self._check_resume_position(state)
             restore_rng_states(state["rng"])
+        if ctx.is_main and opts.force:  # only now that everything else checked out
+            clear_previous_run(self.out)
         self.monitor = RunMonitor(self.out, opts.tensorboard, self.verbose) if ctx.is_main else None
 
     # ---------------------------------------------------------------- setup
