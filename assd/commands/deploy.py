@@ -1,0 +1,92 @@
+"""``assd export``, ``assd bench``, ``assd eval-engine``: the CPU-verifiable deploy loop (issue 5)."""
+
+from __future__ import annotations
+
+import click
+
+from assd.errors import UserError
+
+
+@click.command("export")
+@click.argument("model")
+@click.option("--onnx", "to_onnx", is_flag=True, help="Export to ONNX (the one artifact format).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
+@click.option("--with-postprocess", is_flag=True, help="Decode + NonMaxSuppression inside the graph.")
+@click.option("--attention-op", is_flag=True, help="One ONNX Attention node per map (opset >= 23).")
+@click.option("--max-detections", type=int, default=None, help="Detections kept per image (default 200).")
+@click.option("--parity-images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of images for the parity check (default: ../shared/data if present, else synthetic).")
+@click.option("--no-parity", is_flag=True, help="Skip the ONNX Runtime parity check.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: half-precision graph, attention scores/softmax and I/O in fp32 (int8: 'assd calibrate').")
+def export_command(model, to_onnx, output, opset, batch, with_postprocess, attention_op, max_detections,
+                   parity_images, no_parity, precision):
+    """Export MODEL (checkpoint or preset) to ONNX, then check parity with ONNX Runtime."""
+    from assd.export.workflow import export_and_check
+
+    if not to_onnx:
+        raise UserError("choose an export format: --onnx (the only format; TensorRT engines come from "
+                        "'assd build-engine model.onnx')")
+    export_and_check(model, output, opset=opset, batch=batch, with_postprocess=with_postprocess,
+                     attention_op=attention_op, max_detections=max_detections, parity_images=parity_images,
+                     check_parity=not no_parity, echo=click.echo, precision=precision)
+
+
+
+@click.command()
+@click.argument("artifacts", nargs=-1)
+@click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes, e.g. 1,8,32.")
+@click.option("--iters", type=int, default=20, show_default=True, help="Timed iterations per configuration.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed iterations first.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
+              help="For .pt checkpoints / presets (PyTorch backend) only.")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the PyTorch artifacts.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write the rows as CSV.")
+@click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False), help="Write the table as Markdown.")
+@click.option("--report", "reports", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Merge saved --json runs (from any machine) into one table instead of measuring.")
+def bench(artifacts, batches, iters, warmup, device, precision, use_compile, json_out, csv_out, markdown_out,
+          reports):
+    """Time ARTIFACTS (.pt, .onnx, .engine, presets): FPS, latency, stages, Table-2 columns."""
+    from assd.bench.run import merge_reports, parse_batches, run_bench
+
+    if reports:
+        merge_reports(list(reports), markdown_out=markdown_out, csv_out=csv_out, echo=click.echo)
+        return
+    if not artifacts:
+        raise UserError("name at least one artifact (.pt checkpoint, preset, .onnx or .engine), or --report RUN.json")
+    run_bench(list(artifacts), parse_batches(batches), iters=iters, warmup=warmup, device=device,
+              precision=precision, compile=use_compile, json_out=json_out, csv_out=csv_out,
+              markdown_out=markdown_out, echo=click.echo)
+
+
+@click.command("eval-engine")
+@click.argument("artifact")
+@click.option("--data", "data_spec", required=True, help="voc:ROOT[:SETS], coco:IMAGES:JSON or synthetic[:N].")
+@click.option("--reference", default=None, help="The PyTorch checkpoint the artifact was made from.")
+@click.option("--metric", type=click.Choice(["voc07", "voc12", "coco"]), default=None,
+              help="Default: coco for COCO data, voc07 otherwise.")
+@click.option("--tolerance", type=float, default=None,
+              help="Allowed |Δ mAP| in points (default by precision: fp32 0.1, fp16 0.3, int8 1.0).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result as JSON.")
+def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch_size, device, limit, json_out):
+    """mAP of ARTIFACT (.onnx, .engine, .pt) vs the PyTorch reference on the same images; exit 1 when
+    |Δ mAP| exceeds the tolerance."""
+    from assd.evaluation.engine_parity import check_parity, eval_engine, print_parity
+    from assd.utils import atomic_write_json
+
+    parity = eval_engine(artifact, data_spec, reference=reference, metric=metric, tolerance=tolerance,
+                         batch_size=batch_size, device=device, limit=limit)
+    print_parity(parity, artifact, reference, click.echo)
+    if json_out:
+        atomic_write_json(json_out, {"artifact_path": artifact, "reference_path": reference, "data": data_spec,
+                                     **parity.to_dict()})
+        click.echo(f"wrote {json_out}")
+    check_parity(parity)

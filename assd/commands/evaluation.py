@@ -1,0 +1,145 @@
+"""``assd eval``, ``assd predict``, ``assd attention`` (issue 3)."""
+
+from __future__ import annotations
+
+import click
+
+from assd.errors import UserError
+
+
+def _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections):
+    from assd.runtime.postprocess import PostprocessConfig
+
+    return PostprocessConfig(score_threshold=score_threshold, nms_iou=nms_iou, top_k=top_k,
+                             max_detections=max_detections)
+
+
+def _postprocess_click_options(score_threshold: float):
+    """--score-threshold, --nms-iou, --top-k and --max-detections (post-processing thresholds)."""
+    def decorate(command):
+        command = click.option("--max-detections", type=int, default=200, show_default=True,
+                               help="Detections kept per image after NMS.")(command)
+        command = click.option("--top-k", type=int, default=200, show_default=True,
+                               help="Candidates per class entering NMS.")(command)
+        command = click.option("--nms-iou", type=float, default=0.45, show_default=True,
+                               help="NMS IoU threshold.")(command)
+        return click.option("--score-threshold", type=float, default=score_threshold, show_default=True,
+                            help="Keep class scores above this.")(command)
+    return decorate
+
+
+@click.command("eval")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="Artifact to evaluate: checkpoint (.pt), .onnx or .engine.")
+@click.option("--detections", "detections_path", type=click.Path(dir_okay=False),
+              help="Evaluate precomputed detections (COCO results JSON) instead of a model.")
+@click.option("--data", "data_spec", required=True,
+              help="voc:ROOT[:SETS], coco:IMAGES_DIR:ANNOTATIONS_JSON or synthetic[:N].")
+@click.option("--metric", type=click.Choice(["voc07", "voc12", "coco"]), default=None,
+              help="voc07 (11-point), voc12 (all-point) or coco. Default: coco for COCO data, else voc07.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result as JSON.")
+@click.option("--limit", type=int, default=None, help="Evaluate the first N images only.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@_postprocess_click_options(score_threshold=0.01)
+def eval_command(model_path, detections_path, data_spec, metric, json_out, limit, batch_size, device,
+                 score_threshold, nms_iou, top_k, max_detections):
+    """Per-class AP and mAP of a checkpoint (or of a detections file) on a dataset."""
+    from assd.data import parse_data_spec
+    from assd.evaluation import FirstImages, check_class_names, evaluate_detections
+    from assd.evaluation.report import ap_table
+    from assd.evaluation.results_json import load_coco_results
+    from assd.utils import atomic_write_json
+
+    if (model_path is None) == (detections_path is None):
+        raise UserError("assd eval: give either --model CHECKPOINT or --detections FILE.json (exactly one)")
+    dataset = parse_data_spec(data_spec, train=False)
+    if limit is not None:
+        dataset = FirstImages(dataset, limit)
+    if model_path is not None:
+        from assd.evaluation import predict_dataset
+        from assd.models.assd import priors_for
+        from assd.runtime.runners import open_runner
+
+        runner = open_runner(model_path, device=device)  # .pt checkpoint, .onnx or .engine
+        cfg = runner.cfg
+        check_class_names(cfg.class_names, dataset, model_path)
+        pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
+        runner.check_batch(batch_size)
+        detections = predict_dataset(runner.infer, dataset, cfg.input_size, cfg.mean, cfg.std, priors_for(cfg),
+                                     cfg.variances, pp_cfg, batch_size, runner.device, progress=True)
+        result = evaluate_detections(detections, dataset, metric, pp_cfg)
+    else:
+        result = evaluate_detections(load_coco_results(detections_path, dataset), dataset, metric)
+    click.echo(ap_table(result, dataset.class_names))
+    if result.summary:
+        click.echo(result.summary)
+    click.echo(f"mAP ({result.metric}, {result.num_images} images): {result.mAP:.4f}")
+    if json_out:
+        record = result.to_dict()
+        record.setdefault("postprocess", None)  # unknown for a detections file
+        record.update({"model": model_path, "detections": detections_path, "data": data_spec, "limit": limit})
+        atomic_write_json(json_out, record)
+
+
+@click.command("predict")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint (.pt), .onnx or .engine.")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for detections.json and the images with boxes drawn.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@_postprocess_click_options(score_threshold=0.3)
+def predict_command(model_path, sources, out_dir, batch_size, device, score_threshold, nms_iou, top_k, max_detections):
+    """Detect objects in SOURCES (image files or folders): detections.json + images with boxes drawn."""
+    from assd.evaluation.predict import collect_images, predict_images, write_predictions
+    from assd.models.assd import priors_for
+    from assd.runtime.runners import open_runner
+
+    paths = collect_images(sources)
+    pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
+    runner = open_runner(model_path, device=device)  # .pt checkpoint, .onnx or .engine
+    runner.check_batch(batch_size)
+    detections = predict_images(runner.infer, paths, runner.cfg, priors_for(runner.cfg), pp_cfg, runner.device,
+                                batch_size)
+    json_path = write_predictions(out_dir, paths, detections, runner.cfg.class_names, pp_cfg)
+    total = sum(len(dets) for dets in detections)
+    click.echo(f"{total} detections in {len(paths)} images -> {json_path} and {len(paths)} drawn images in {out_dir}")
+
+
+@click.command("attention")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
+@click.option("--query", default=None, help="X,Y pixel of the query position (default: best detection's center).")
+@click.option("--maps", "maps_spec", default="all", show_default=True, help="'all' or map indices, e.g. 0,1,2.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+def attention_command(model_path, image, out_dir, query, maps_spec, device):
+    """Attention maps of one query position on every prediction map (the paper's Figure 3)."""
+    from pathlib import Path
+
+    from assd.data.dataset import read_rgb_image
+    from assd.evaluation.attention_maps import attention_maps, write_attention
+    from assd.models.checkpoint import load_checkpoint
+    from assd.runtime.runners import resolve_device
+
+    query_xy = _parse_number_list(query, "--query", "X,Y in pixels, e.g. 120,80", float, 2) if query else None
+    maps = None if maps_spec == "all" else _parse_number_list(maps_spec, "--maps", "'all' or indices, e.g. 0,2", int)
+    torch_device = resolve_device(device)
+    model = load_checkpoint(model_path).to(torch_device)
+    pixels = read_rgb_image(image)
+    results, query_xy, how = attention_maps(model, pixels, query_xy, maps)
+    written = write_attention(out_dir, pixels, results, query_xy, how, image_name=str(image))
+    click.echo(f"query ({query_xy[0]:.0f}, {query_xy[1]:.0f}): {how}")
+    click.echo(f"{len(written)} images -> {Path(out_dir)} (grid: {written[-1].name})")
+
+
+def _parse_number_list(text: str, option: str, expected: str, kind, count: int | None = None) -> list:
+    try:
+        values = [kind(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"{option} {text}: expected {expected}") from None
+    if count is not None and len(values) != count:
+        raise UserError(f"{option} {text}: expected {expected}")
+    return values

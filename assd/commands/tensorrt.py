@@ -1,0 +1,70 @@
+"""``assd calibrate`` and ``assd build-engine``: INT8/FP16 graphs and TensorRT engines (issue 6)."""
+
+from __future__ import annotations
+
+import click
+
+
+def _calibration_options(command):
+    """The --calib-* options shared by 'calibrate' and 'build-engine --int8'."""
+    options = [
+        click.option("--calib-images", type=int, default=500, show_default=True,
+                     help="Calibration images (evenly spaced over the source)."),
+        click.option("--calib-method", type=click.Choice(["entropy", "percentile", "max"]), default="entropy",
+                     show_default=True, help="How activation ranges are chosen from the measured values."),
+        click.option("--calib-cache", type=click.Path(dir_okay=False), default=None,
+                     help="JSON cache of the ranges: reused when the ONNX file and settings match, else rewritten."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.command("calibrate")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("--calib-data", required=True,
+              help="Calibration images: a folder, or voc:ROOT[:SETS], coco:IMAGES:JSON, synthetic[:N].")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .int8.onnx file.")
+@_calibration_options
+@click.option("--calib-percentile", type=float, default=99.999, show_default=True,
+              help="Percentile of |x| kept (--calib-method percentile).")
+@click.option("--parity-images", type=int, default=8, show_default=True,
+              help="Images of --calib-data for the int8-vs-fp32 parity report (0: skip).")
+def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method, calib_cache, calib_percentile,
+                      parity_images):
+    """INT8 post-training quantization of the fp32 ONNX_FILE to a Q/DQ graph (TensorRT's explicit
+    quantization): per-channel int8 Conv weights, calibrated per-tensor activations, attention in float."""
+    from assd.calibration.workflow import calibrate_and_report
+
+    calibrate_and_report(onnx_file, output, calib_data, num_images=calib_images, method=calib_method,
+                         cache_path=calib_cache, percentile=calib_percentile, parity_images=parity_images,
+                         echo=click.echo)
+
+
+@click.command("build-engine")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .engine file.")
+@click.option("--fp32", "precision", flag_value="fp32", help="Build the fp32 graph as is.")
+@click.option("--fp16", "precision", flag_value="fp16", help="Convert an fp32 graph to fp16 first (default: "
+              "the ONNX file's own precision).")
+@click.option("--int8", "precision", flag_value="int8", help="Calibrate an fp32 graph to int8 Q/DQ first "
+              "(needs --calib-data).")
+@click.option("--batch", default=None, help="Optimization profile MIN:OPT:MAX (default 1:8:32, or the fixed batch).")
+@click.option("--workspace", type=float, default=None, help="Builder workspace limit in GB (default: TensorRT's).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="Timing cache file: read when present, written after the build.")
+@click.option("--calib-data", default=None, help="Calibration images for --int8 (folder or data spec).")
+@_calibration_options
+@click.option("--version-compatible", is_flag=True, help="Engine runs on this TensorRT version or newer.")
+@click.option("--hardware-compat", type=click.Choice(["none", "same-cc", "ampere+"]), default="none",
+              show_default=True, help="GPUs the engine may run on besides this one's architecture.")
+def build_engine_command(onnx_file, output, precision, batch, workspace, timing_cache, calib_data, calib_images,
+                         calib_method, calib_cache, version_compatible, hardware_compat):
+    """Build a strongly typed TensorRT engine (+ OUTPUT.json sidecar) from an assd ONNX_FILE."""
+    from assd.export.engine import CalibrationOptions, EngineOptions, build_engine
+
+    options = EngineOptions(
+        precision=precision, batch=batch, workspace_gb=workspace, timing_cache=timing_cache,
+        version_compatible=version_compatible, hardware_compat=hardware_compat,
+        calibration=CalibrationOptions(data=calib_data, images=calib_images, method=calib_method, cache=calib_cache))
+    build_engine(onnx_file, output, options, echo=click.echo)
