@@ -16,7 +16,7 @@ from assd.models.checkpoint import save_checkpoint
 
 
 def run_assd(*args):
-    return subprocess.run([sys.executable, "-m", "assd.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "assd.cli", *args], check=False, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import torch
 from assd.errors import UserError
 from assd.export import export_onnx, read_metadata
 from assd.export.fold import fold_bn_into_following_conv, fold_for_export
+from assd.export.parity import match_detections
 from assd.models import build_model, get_config
 from assd.models.checkpoint import save_checkpoint
-from assd.export.parity import match_detections
 from assd.runtime.postprocess import Detections, PostprocessConfig, postprocess
 from assd.runtime.runners import OnnxRuntimeRunner, TorchRunner, open_runner
 
@@ -59,7 +59,7 @@ def test_graph_keeps_one_attention_chain_per_map_and_folds_every_bn(mini_onnx):
 
 def test_input_output_contract_and_dynamic_batch(mini_onnx):
     model = onnx.load(str(mini_onnx), load_external_data=False)
-    dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]  # noqa: E731
+    dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
     assert dims(model.graph.input[0]) == ["batch", 3, 256, 256]
     assert [o.name for o in model.graph.output] == ["loc", "conf"]
     assert dims(model.graph.output[1])[1:] == [6132, 4]
@@ -160,7 +160,7 @@ def test_export_cli_prints_parity_on_real_images(voc_mini_root, tmp_path):
     out = tmp_path / "mini.onnx"
     images = voc_mini_root / "VOCdevkit" / "VOC2012" / "JPEGImages"
     result = subprocess.run([sys.executable, "-m", "assd.cli", "export", "--onnx", str(checkpoint), "-o", str(out),
-                             "--parity-images", str(images)], capture_output=True, text=True, timeout=600)
+                             "--parity-images", str(images)], check=False, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "parity on 4 images" in result.stdout and "parity OK" in result.stdout
     assert out.is_file()
@@ -168,7 +168,7 @@ def test_export_cli_prints_parity_on_real_images(voc_mini_root, tmp_path):
 
 def test_export_cli_bad_inputs(tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "assd.cli", "export", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "assd.cli", "export", *args], check=False, capture_output=True, text=True,
                               timeout=300)
 
     for args, needle in [(("--onnx", "nope", "-o", str(tmp_path / "a.onnx")), "neither a checkpoint"),

@@ -7,7 +7,15 @@ from collections.abc import Callable
 
 import torch
 
-from assd.bench.report import add_ratios, load_reports, make_report, make_row, merged_table, to_csv, to_markdown
+from assd.bench.report import (
+    add_ratios,
+    load_reports,
+    make_report,
+    make_row,
+    merged_table,
+    to_csv,
+    to_markdown,
+)
 from assd.bench.timing import benchmark, peak_host_memory_mb
 from assd.errors import UserError
 from assd.runtime.runners import open_runner

@@ -77,7 +77,7 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
         raise UserError(f"{path}: ONNX file not found")
     try:
         return onnx.load(str(path), load_external_data=load_weights)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable": reported as one line
         raise UserError(f"{path}: not a readable ONNX file ({type(exc).__name__}): re-export it with "
                         "'assd export --onnx'") from None
 

@@ -19,5 +19,13 @@ def build_model(cfg: "ModelConfig | str", backbone_weights: str | None = None) -
     return model
 
 
-__all__ = ["ASSD", "ModelConfig", "PRESETS", "build_model", "feature_channels", "feature_sizes",
-           "get_config", "priors_for"]
+__all__ = [
+    "ASSD",
+    "PRESETS",
+    "ModelConfig",
+    "build_model",
+    "feature_channels",
+    "feature_sizes",
+    "get_config",
+    "priors_for",
+]

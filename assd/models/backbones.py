@@ -127,7 +127,7 @@ def _imagenet_state_dict(arch: str) -> dict:
     weights = weights_enum.IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=False)
-    except Exception as exc:  # no network, proxy, SSL ...: all mean "cannot download here"
+    except Exception as exc:  # noqa: BLE001 - no network, proxy, SSL ...: all mean "cannot download here"
         raise UserError(
             f"could not download ImageNet weights for {arch} ({type(exc).__name__}): pass a local "
             f"torchvision state_dict file with --backbone-weights PATH (e.g. {weights.url.rsplit('/', 1)[-1]})"
@@ -147,7 +147,7 @@ def load_backbone_weights(backbone: nn.Module, source: str | None) -> None:
                             "state_dict file, 'imagenet' or 'none'")
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable": reported as one line
             raise UserError(f"{path}: cannot read backbone weights ({exc.__class__.__name__}): "
                             "expected a torch.save'd torchvision state_dict") from None
     if isinstance(state_dict, dict) and "state_dict" in state_dict:

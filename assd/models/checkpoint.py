@@ -55,7 +55,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise UserError(f"{path}: checkpoint not found: pass a .pt file written by 'assd train'")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable": reported as one line
         raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}): "
                         "pass a .pt file written by 'assd train'") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:

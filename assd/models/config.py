@@ -89,7 +89,7 @@ class ModelConfig:
     def num_maps(self) -> int:
         return len(self.min_scales)
 
-    def with_classes(self, class_names) -> "ModelConfig":
+    def with_classes(self, class_names) -> ModelConfig:
         """The same network for another label set (changes only the conf heads)."""
         names = tuple(class_names)
         return dataclasses.replace(self, class_names=names, num_classes=len(names) + 1)
@@ -101,7 +101,7 @@ class ModelConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -114,7 +114,7 @@ class ModelConfig:
         return cls(**values)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
+    def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text))
 
 

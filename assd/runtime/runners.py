@@ -137,7 +137,7 @@ class OnnxRuntimeRunner(Runner):
             options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable": reported as one line
             raise UserError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
         self.device = torch.device("cuda") if providers[0] != "CPUExecutionProvider" else torch.device("cpu")
         self.providers = self.session.get_providers()
