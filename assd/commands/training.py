@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from assd.errors import UserError
@@ -53,8 +55,6 @@ def train_command(model, data_spec, out_dir, recipe, epochs, batch_size, lr, mom
                   warmup_epochs, optimizer, workers, device, resume, force, backbone_weights, val_data, val_every,
                   val_metric, seed, amp, sync_bn, channels_last, max_steps, no_progress, no_tensorboard):
     """Train an ASSD model on VOC, COCO or synthetic data (multi-GPU: torchrun --no-python assd train ...)."""
-    import os
-
     from assd.train import TrainOptions, train
 
     result = train(TrainOptions(

@@ -155,7 +155,7 @@ def plan_data(options: DemoOptions, budget: Budget) -> DataPlan:
         note = f"held-out synthetic images {first}..{first + budget.val_images - 1}"
     else:
         val, val_set = data, train_set
-        note = "the training set itself (no held-out split: pass --val-data SPEC for one)"
+        note = "the training set itself: no held-out split, pass --val-data SPEC for one"
     if tuple(val_set.class_names) != tuple(train_set.class_names):
         raise UserError(f"--val-data {val}: its classes ({', '.join(list(val_set.class_names)[:4])}, ...) are not "
                         f"those of --data {data} ({', '.join(list(train_set.class_names)[:4])}, ...): validate on "
