@@ -37,10 +37,9 @@ def synthetic(count: int = 8, train_mode: bool = True, start: int = 0) -> Synthe
 
 
 def options(out: Path, **overrides) -> TrainOptions:
-    values = dict(model=tiny_config(), data=synthetic(), out=out, epochs=2, batch_size=2, lr=1e-3, workers=0,
-                  device="cpu", progress=False, tensorboard=False)
-    values.update(overrides)
-    return TrainOptions(**values)
+    defaults = {"model": tiny_config(), "data": synthetic(), "out": out, "epochs": 2, "batch_size": 2, "lr": 1e-3,
+                "workers": 0, "device": "cpu", "progress": False, "tensorboard": False}
+    return TrainOptions(**{**defaults, **overrides})
 
 
 # ---------------------------------------------------------------- recipes and schedule
