@@ -16,6 +16,16 @@ from assd.train.matching import match_priors, pad_targets
 VARIANCES = (0.1, 0.2)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one intra-op thread. On a shared 2-core machine two spinning OpenMP threads can make
+    these steps 20x slower, and one thread loses nothing at this size."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _priors() -> torch.Tensor:
     """A small SSD-like prior set: 8x8, 4x4, 2x2 and 1x1 maps (A = 4 * (64 + 16 + 4 + 1) = 340)."""
     return generate_priors([(8, 8), (4, 4), (2, 2), (1, 1)], (0.1, 0.3, 0.5, 0.7), (0.3, 0.5, 0.7, 0.9),

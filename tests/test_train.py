@@ -25,6 +25,16 @@ from assd.train.schedule import lr_at
 SIZE = 64
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one intra-op thread. On a shared 2-core machine two spinning OpenMP threads can make
+    these steps 20x slower, and one thread loses nothing at this size."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config() -> ModelConfig:
     """ResNet18 at 64 px: maps 8, 4, 2, 1 with attention and fusion, ~11M params but few FLOPs."""
     return ModelConfig(name="tiny-test", backbone="resnet18", input_size=SIZE, num_classes=2, class_names=("x",),
@@ -175,6 +185,19 @@ def test_nan_loss_stops_with_check_failed_and_keeps_last_good_checkpoint(tmp_pat
     with pytest.raises(CheckFailed, match="loss became nan.*last good checkpoint"):
         train(options(out, resume=True, epochs=2, data=_NaNImages(), model=None))
     assert (out / "last.pt").read_bytes() == good
+
+
+def test_bf16_autocast_and_channels_last_run_on_cpu(tmp_path):
+    result = train(options(tmp_path / "run", amp="bf16", channels_last=True, max_steps=2))
+    assert result.global_step == 2 and all(torch.isfinite(torch.tensor(result.step_losses)))
+
+
+@pytest.mark.parametrize("bad,message", [({"amp": "fp16"}, "needs a CUDA GPU"), ({"sync_bn": True}, "several GPU"),
+                                         ({"resume": True, "force": True}, "contradict")])
+def test_options_that_cannot_work_here_are_refused(tmp_path, bad, message):
+    with pytest.raises(UserError, match=message):
+        train(options(tmp_path / "run", **bad))
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------- DDP

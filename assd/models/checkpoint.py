@@ -32,6 +32,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp_name)
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
