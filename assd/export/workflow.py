@@ -14,8 +14,9 @@ from assd.export.parity import ParityReport, compare_postprocessed, compare_runn
 # detections must agree.
 FP32_CONF_TOLERANCE = 1e-3
 FP32_MIN_AGREEMENT = 0.95
-# fp16 ONNX (--precision fp16, assd.export.fp16) vs PyTorch fp32: half-precision rounding of every layer.
-FP16_CONF_TOLERANCE = 0.1
+# fp16 ONNX (--precision fp16, assd.export.fp16) vs PyTorch fp32: half-precision rounding of every layer
+# (relative conf error measured 4e-4 on a trained assd-mini, see docs/deployment.md).
+FP16_CONF_TOLERANCE = 1e-2
 FP16_MIN_AGREEMENT = 0.9
 
 
