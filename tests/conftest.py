@@ -37,6 +37,16 @@ def coco128_root() -> Path:
     return _require(COCO128)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one intra-op thread. On a shared 2-core machine two spinning OpenMP threads can make
+    these steps 20x slower, and one thread loses nothing at this size."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     try:

@@ -164,6 +164,16 @@ def test_export_cli_prints_parity_on_real_images(voc_mini_root, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "parity on 4 images" in result.stdout and "parity OK" in result.stdout
     assert out.is_file()
+    assert "random weights" not in result.stdout  # a checkpoint: detection agreement is binding
+
+
+def test_export_of_a_preset_checks_raw_outputs_only(tmp_path):
+    """Random weights tie scores at 1.0, so only the raw outputs are binding for a preset."""
+    out = tmp_path / "preset.onnx"
+    result = subprocess.run([sys.executable, "-m", "assd.cli", "export", "--onnx", "assd-mini", "-o", str(out)],
+                            check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "note: random weights" in result.stdout and "parity OK" in result.stdout
 
 
 def test_export_cli_bad_inputs(tmp_path):

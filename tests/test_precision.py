@@ -285,5 +285,5 @@ def test_calibrate_cli_reports_parity_and_rejects_bad_input(fp32_onnx, fp16_onnx
         assert error.startswith("error:") and message in error and "\n" not in error
     with pytest.raises(SystemExit) as exit_info:
         main(["calibrate", str(fp16_onnx), "--calib-data", str(voc_images_dir), "-o", str(tmp_path / "bad.onnx")])
-    assert exit_info.value.code == 2 and "calibrate the fp32 export" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "the int8 graph is made from the fp32 export" in capsys.readouterr().err
     assert not (tmp_path / "bad.onnx").exists()

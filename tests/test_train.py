@@ -25,14 +25,7 @@ from assd.train.schedule import lr_at
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread. On a shared 2-core machine two spinning OpenMP threads can make
-    these steps 20x slower, and one thread loses nothing at this size."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config() -> ModelConfig:

@@ -36,7 +36,7 @@ from assd.calibration.entropy import entropy_ranges
 from assd.calibration.images import ImageCalibrationReader, calibration_images
 from assd.errors import UserError
 from assd.export.fp16 import POSTPROCESS_PREFIX, attention_nodes
-from assd.export.metadata import OnnxMetadata, load_onnx, metadata_from_model, set_metadata
+from assd.export.metadata import OnnxMetadata, load_fp32_source, set_metadata
 from assd.utils import atomic_write_bytes
 
 METHODS = ("entropy", "percentile", "max")
@@ -184,13 +184,7 @@ def quantize_int8(onnx_path: str, output: str, calib_data: str, num_images: int 
 
     if not str(output).endswith(".onnx"):
         raise UserError(f"{output}: the output file must end in .onnx")
-    if Path(output).resolve() == Path(onnx_path).resolve():
-        raise UserError(f"{output}: would overwrite the fp32 input: choose another output, e.g. model.int8.onnx")
-    model = load_onnx(onnx_path)
-    metadata = metadata_from_model(model, source=str(onnx_path))
-    if metadata.precision != "fp32":
-        raise UserError(f"{onnx_path}: is a {metadata.precision} graph; calibrate the fp32 export "
-                        "('assd export --onnx')")
+    model, metadata = load_fp32_source(onnx_path, output, "int8")
     settings = calibration_settings(method, num_images, calib_data, percentile, num_bins)
     onnx_sha256 = sha256_file(onnx_path)
     lookup = load_cache(cache_path, onnx_sha256, settings) if cache_path else None

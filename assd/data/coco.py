@@ -17,7 +17,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from assd.data.annotation import Annotation, clip_boxes
-from assd.data.dataset import BadSample, DetectionDataset, ImageRecord, check_bad_fraction
+from assd.data.dataset import BadSample, DetectionDataset, RecordCollector
 from assd.errors import UserError
 
 
@@ -79,20 +79,12 @@ def coco_dataset(images_dir: str | Path, annotation_file: str | Path, source: st
         raise UserError(f"{annotation_file}: no categories in this COCO json: give an instances_*.json")
     class_names = [str(coco.cats[c].get("name", c)) for c in category_ids]
     label_of = {category: label for label, category in enumerate(category_ids, start=1)}
-    records, skipped, dropped_boxes = [], [], []
-    image_ids = sorted(coco.getImgIds())
-    for image_id in image_ids:
+    found = RecordCollector()
+    for image_id in sorted(coco.getImgIds()):
         image_path = images_dir / str(coco.imgs[image_id].get("file_name", f"{image_id:012d}.jpg"))
-        try:
-            if not image_path.is_file():
-                raise BadSample("image file missing")
-            annotation, dropped = _coco_annotation(coco, image_id, label_of)
-        except BadSample as exc:
-            skipped.append((str(image_path), str(exc)))
-            continue
-        dropped_boxes.extend((str(image_path), reason) for reason in dropped)
-        records.append(ImageRecord(str(image_path), annotation))
-    check_bad_fraction(source, len(image_ids), skipped, dropped_boxes)
-    return DetectionDataset("coco", source, class_names, records, skipped=skipped, dropped_boxes=dropped_boxes,
+        found.add(image_path, str(image_path), lambda: _coco_annotation(coco, image_id, label_of))  # noqa: B023
+    found.check(source)
+    return DetectionDataset("coco", source, class_names, found.records, skipped=found.skipped,
+                            dropped_boxes=found.dropped_boxes,
                             coco_category_ids=category_ids, coco_annotation_file=str(Path(annotation_file)),
                             **transform)

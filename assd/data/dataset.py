@@ -10,8 +10,9 @@ Datasets hold only plain data (no open files, no lambdas) so DataLoader workers 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -54,6 +55,34 @@ def read_rgb_image(path: str) -> np.ndarray:
     if image is None:
         raise UnreadableImage(f"{path}: missing, unreadable or corrupt image file: replace or remove it")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass
+class RecordCollector:
+    """The records of a set being read, and its skipped samples and dropped boxes as ``(file, reason)``."""
+
+    records: list[ImageRecord] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    dropped_boxes: list[tuple[str, str]] = field(default_factory=list)
+    total: int = 0
+
+    def add(self, image_path: Path, label_file: str, parse: Callable[[], tuple[Annotation, list[str]]]) -> None:
+        """Add the image at ``image_path`` with ``parse()``'s ``(Annotation, dropped box reasons)``; a missing
+        image or a ``BadSample`` skips it (noted against ``label_file``)."""
+        self.total += 1
+        try:
+            if not image_path.is_file():
+                raise BadSample("image file missing")
+            annotation, dropped = parse()
+        except BadSample as exc:
+            self.skipped.append((label_file, str(exc)))
+            return
+        self.dropped_boxes.extend((label_file, reason) for reason in dropped)
+        self.records.append(ImageRecord(str(image_path), annotation))
+
+    def check(self, source: str) -> None:
+        """``check_bad_fraction`` of what was collected."""
+        check_bad_fraction(source, self.total, self.skipped, self.dropped_boxes)
 
 
 def check_bad_fraction(source: str, total: int, skipped: Sequence[tuple[str, str]],

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from assd.data.annotation import Annotation, clip_boxes
-from assd.data.dataset import BadSample, DetectionDataset, ImageRecord, check_bad_fraction
+from assd.data.dataset import BadSample, DetectionDataset, RecordCollector
 from assd.errors import UserError
 from assd.models.config import VOC_CLASSES
 
@@ -136,25 +136,17 @@ def voc_dataset(root: str | Path, sets: str | None = None, source: str | None = 
     devkit, years = find_devkit(root)
     source = source or f"voc:{root}"
     chosen = parse_voc_sets(sets) if sets else [(year, "trainval") for year in years]
-    records, skipped, dropped_boxes, total = [], [], [], 0
+    found = RecordCollector()
     for year, split in chosen:
         year_dir = devkit / f"VOC{year}"
         if not (year_dir / "Annotations").is_dir():
             raise UserError(f"{source}: no VOC{year}/Annotations in {devkit} (found: "
                             f"{', '.join('VOC' + y for y in years)}): check the image sets")
         for image_id in _image_ids(year_dir, split, explicit=sets is not None):
-            total += 1
             xml_path = year_dir / "Annotations" / f"{image_id}.xml"
             image_path = year_dir / "JPEGImages" / f"{image_id}.jpg"
-            try:
-                if not image_path.is_file():
-                    raise BadSample("image file missing")
-                annotation, dropped = parse_voc_xml(xml_path, image_path, image_id)
-            except BadSample as exc:
-                skipped.append((str(xml_path), str(exc)))
-                continue
-            dropped_boxes.extend((str(xml_path), reason) for reason in dropped)
-            records.append(ImageRecord(str(image_path), annotation))
-    check_bad_fraction(source, total, skipped, dropped_boxes)
-    return DetectionDataset("voc", source, VOC_CLASSES, records, skipped=skipped, dropped_boxes=dropped_boxes,
+            found.add(image_path, str(xml_path), lambda: parse_voc_xml(xml_path, image_path, image_id))  # noqa: B023
+    found.check(source)
+    return DetectionDataset("voc", source, VOC_CLASSES, found.records, skipped=found.skipped,
+                            dropped_boxes=found.dropped_boxes,
                             **transform)

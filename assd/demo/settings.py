@@ -82,10 +82,10 @@ class Budget:
 BUDGETS = {
     "cpu": Budget("cpu", train_images=320, epochs=5, max_steps=200, val_images=64, calib_images=64,
                   parity_images=4, bench_batches=(1,), bench_iters=20, bench_warmup=3, draw_images=4,
-                  attention_images=2, workers=2),
+                  attention_images=2, workers=0),
     "cpu-quick": Budget("cpu-quick", train_images=96, epochs=2, max_steps=24, val_images=16, calib_images=16,
                         parity_images=2, bench_batches=(1,), bench_iters=5, bench_warmup=1, draw_images=2,
-                        attention_images=1, workers=2),
+                        attention_images=1, workers=0),
     "gpu": Budget("gpu", train_images=2000, epochs=10, max_steps=2500, val_images=200, calib_images=200,
                   parity_images=8, bench_batches=(1, 8), bench_iters=100, bench_warmup=10, draw_images=4,
                   attention_images=2, workers=4),

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from assd.errors import UserError
-from assd.export.metadata import OnnxMetadata, load_onnx, metadata_from_model, set_metadata
+from assd.export.metadata import OnnxMetadata, load_fp32_source, set_metadata
 from assd.utils import atomic_write_bytes
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -187,13 +185,7 @@ def write_fp16_onnx(source: str, output: str) -> OnnxMetadata:
     fp16) to ``output``. Returns the new metadata."""
     from assd.export.onnx_export import check_and_serialize
 
-    if Path(output).resolve() == Path(source).resolve():
-        raise UserError(f"{output}: would overwrite the fp32 input: choose another output, e.g. model.fp16.onnx")
-    model = load_onnx(source)
-    metadata = metadata_from_model(model, source=str(source))
-    if metadata.precision != "fp32":
-        raise UserError(f"{source}: is a {metadata.precision} graph; the fp16 conversion starts from the fp32 "
-                        "export ('assd export --onnx')")
+    model, metadata = load_fp32_source(source, output, "fp16")
     converted = convert_to_fp16(model)
     new_metadata = fp16_metadata(metadata)
     set_metadata(converted, new_metadata)

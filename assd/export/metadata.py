@@ -85,3 +85,17 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
 def read_metadata(path: str | Path) -> OnnxMetadata:
     """Our metadata of the ONNX file at ``path`` (weights are not loaded)."""
     return metadata_from_model(load_onnx(path, load_weights=False), source=str(path))
+
+
+def load_fp32_source(source: str | Path, output: str | Path, what: str) -> tuple[onnx.ModelProto, OnnxMetadata]:
+    """The fp32 assd graph at ``source`` and its metadata, to be converted into ``output``
+    (``what``: the output's kind, ``fp16`` or ``int8``). UserError when ``output`` would overwrite
+    ``source`` or ``source`` is not an fp32 export."""
+    if Path(output).resolve() == Path(source).resolve():
+        raise UserError(f"{output}: would overwrite the fp32 input: choose another output, e.g. model.{what}.onnx")
+    model = load_onnx(source)
+    metadata = metadata_from_model(model, source=str(source))
+    if metadata.precision != "fp32":
+        raise UserError(f"{source}: is a {metadata.precision} graph; the {what} graph is made from the fp32 "
+                        "export ('assd export --onnx')")
+    return model, metadata

@@ -99,6 +99,13 @@ def export_and_check(model_spec: str, output: str, opset: int = 18, batch: str |
     echo(report.summary())
     conf_tolerance, min_agreement = ((FP32_CONF_TOLERANCE, FP32_MIN_AGREEMENT) if precision == "fp32"
                                      else (FP16_CONF_TOLERANCE, FP16_MIN_AGREEMENT))
+    if not Path(model_spec).is_file():
+        # A preset name: untrained weights. Through 100 random layers the logits reach ~1e5, the softmax
+        # saturates and hundreds of scores tie at 1.0, so which of them survive top-k/NMS is arbitrary
+        # and the detection agreement measures nothing; the raw outputs must still match.
+        min_agreement = 0.0
+        echo("note: random weights (a preset, not a checkpoint): detection agreement is informative only; "
+             "the check is on the raw outputs")
     if not report.passed(conf_tolerance, min_agreement):
         echo(f"warning: {output} was written but does not match PyTorch (tolerance: relative conf max|d| <= "
              f"{conf_tolerance}, agreement >= {min_agreement:.0%})")
