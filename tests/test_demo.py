@@ -13,6 +13,7 @@ import pytest
 
 from assd.cli import main
 from assd.demo import BUDGETS, DemoOptions, plan_data
+from assd.demo.report import format_seconds
 from assd.demo.state import DemoState, fingerprint
 from assd.errors import UserError
 
@@ -145,3 +146,8 @@ def test_unwritable_out_is_one_line_exit_2(tmp_path, capsys):
         assert exit_info.value.code == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith(f"error: {out}") and "\n" not in error
+
+
+def test_format_seconds_never_prints_60_seconds():
+    assert [format_seconds(s) for s in (5.04, 59.96, 119.6, 179.6, 3725.0)] == ["5.0 s", "1m00s", "2m00s", "3m00s",
+                                                                              "62m05s"]

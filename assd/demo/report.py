@@ -14,7 +14,11 @@ REPORT_FORMAT = "assd-demo-report"
 
 
 def format_seconds(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)}m{round(seconds % 60):02d}s"
+    """``12.3 s`` below a minute, else ``2m05s`` (whole seconds, rounded before splitting: never ``2m60s``)."""
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s"
 
 
 def artifact_rows(ctx: DemoContext) -> list[dict]:
