@@ -4,7 +4,7 @@
 
 One row: the detections on the first validation image, then the attention weights of the query
 position (the centre of its best detection) on three prediction maps. Colours are reduced to a
-256-entry palette so the PNG stays small (about 100 KB) in the repository.
+256-entry palette so the PNG stays small (144 KB for the committed one) in the repository.
 """
 
 from __future__ import annotations
@@ -58,4 +58,7 @@ def main(demo_out: Path) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python scripts/readme_picture.py DEMO_OUT_DIR")
-    main(Path(sys.argv[1]))
+    try:
+        main(Path(sys.argv[1]))
+    except (KeyError, IndexError, ValueError) as exc:  # a report.json from another tool or an unfinished run
+        sys.exit(f"error: {sys.argv[1]}/report.json: not a finished assd demo report ({exc!r}): run 'assd demo' again")

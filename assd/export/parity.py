@@ -29,6 +29,7 @@ class ParityReport:
     detections_matched: int
     max_score_diff: float
     conf_scale: float = 1.0  # max |conf| of the reference (logit magnitude)
+    loc_scale: float = 1.0  # max |loc| of the reference
     raw_compared: bool = True  # False for --with-postprocess graphs (no loc/conf outputs)
 
     @property
@@ -40,14 +41,22 @@ class ParityReport:
         """max |d conf| relative to the reference's logit magnitude (floored at 1)."""
         return self.conf_max_abs / max(1.0, self.conf_scale)
 
-    def passed(self, conf_tolerance: float, min_agreement: float) -> bool:
-        return self.conf_relative <= conf_tolerance and self.agreement >= min_agreement
+    @property
+    def loc_relative(self) -> float:
+        """max |d loc| relative to the reference's largest box offset (floored at 1)."""
+        return self.loc_max_abs / max(1.0, self.loc_scale)
+
+    def passed(self, tolerance: float, min_agreement: float) -> bool:
+        """Raw outputs within ``tolerance`` (relative; loc and conf) and detections reproduced."""
+        return (self.loc_relative <= tolerance and self.conf_relative <= tolerance
+                and self.agreement >= min_agreement)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "agreement": self.agreement}
 
     def summary(self) -> str:
-        raw = (f"loc max|d| {self.loc_max_abs:.2e} (mean {self.loc_mean_abs:.2e}), conf max|d| "
+        raw = (f"loc max|d| {self.loc_max_abs:.2e} (mean {self.loc_mean_abs:.2e}, relative {self.loc_relative:.1e}), "
+               f"conf max|d| "
                f"{self.conf_max_abs:.2e} (mean {self.conf_mean_abs:.2e}, relative {self.conf_relative:.1e}), "
                if self.raw_compared else "")
         return (f"parity on {self.images} images: {raw}detections {self.detections_matched}/"
@@ -97,7 +106,7 @@ def compare_runners(reference, candidate, images: list[np.ndarray], postprocess_
     postprocess_cfg = postprocess_cfg or PostprocessConfig()
     priors = priors_for(cfg)
     stats = {"loc": [], "conf": []}
-    conf_scale = 0.0
+    conf_scale = loc_scale = 0.0
     totals, score_diff = [0, 0], 0.0
     for start in range(0, len(images), batch_size):
         batch = preprocess(images[start:start + batch_size], cfg.input_size, cfg.mean, cfg.std)
@@ -106,6 +115,7 @@ def compare_runners(reference, candidate, images: list[np.ndarray], postprocess_
         stats["loc"].append((ref_loc - cand_loc).abs().flatten())
         stats["conf"].append((ref_conf - cand_conf).abs().flatten())
         conf_scale = max(conf_scale, float(ref_conf.abs().max()))
+        loc_scale = max(loc_scale, float(ref_loc.abs().max()))
         ref_dets = postprocess(ref_loc, ref_conf, priors, cfg.variances, postprocess_cfg)
         cand_dets = postprocess(cand_loc, cand_conf, priors, cfg.variances, postprocess_cfg)
         for ref, cand in zip(ref_dets, cand_dets):
@@ -117,7 +127,7 @@ def compare_runners(reference, candidate, images: list[np.ndarray], postprocess_
     return ParityReport(images=len(images), loc_max_abs=float(loc_diff.max()), loc_mean_abs=float(loc_diff.mean()),
                         conf_max_abs=float(conf_diff.max()), conf_mean_abs=float(conf_diff.mean()),
                         detections_reference=totals[0], detections_matched=totals[1], max_score_diff=score_diff,
-                        conf_scale=conf_scale)
+                        conf_scale=conf_scale, loc_scale=loc_scale)
 
 
 

@@ -107,7 +107,7 @@ def export_and_check(model_spec: str, output: str, opset: int = 18, batch: str |
         echo("note: random weights (a preset, not a checkpoint): detection agreement is informative only; "
              "the check is on the raw outputs")
     if not report.passed(conf_tolerance, min_agreement):
-        echo(f"warning: {output} was written but does not match PyTorch (tolerance: relative conf max|d| <= "
+        echo(f"warning: {output} was written but does not match PyTorch (tolerance: relative loc/conf max|d| <= "
              f"{conf_tolerance}, agreement >= {min_agreement:.0%})")
         raise CheckFailed(f"{output}: ONNX Runtime parity check failed")
     echo("parity OK")
