@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from assd.errors import UserError
-from assd.export import export_onnx, read_metadata
+from assd.export import export_onnx
 from assd.export.fold import fold_bn_into_following_conv, fold_for_export
 from assd.export.parity import match_detections
 from assd.models import build_model, get_config
 from assd.models.checkpoint import save_checkpoint
+from assd.runtime.metadata import read_metadata
 from assd.runtime.postprocess import Detections, PostprocessConfig, postprocess
 from assd.runtime.runners import OnnxRuntimeRunner, TorchRunner, open_runner
 
@@ -92,10 +93,13 @@ def test_fold_bn_into_following_conv_is_exact():
 
 
 def test_folded_model_equals_original(mini_model):
+    torch.manual_seed(2)
     images = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         for original, folded in zip(mini_model(images), fold_for_export(mini_model)(images)):
-            torch.testing.assert_close(folded, original, atol=1e-4, rtol=1e-4)
+            # Folding reorders float sums: the error scales with the outputs' magnitude (unscaled attention).
+            scale = float(original.abs().max())
+            torch.testing.assert_close(folded, original, atol=1e-5 * max(scale, 1.0), rtol=1e-4)
 
 
 def test_with_postprocess_graph_gives_the_torch_detections(tmp_path):

@@ -19,10 +19,11 @@ from assd.calibration.entropy import entropy_amax
 from assd.cli import main
 from assd.data import read_rgb_image
 from assd.errors import UserError
-from assd.export import export_onnx, read_metadata
+from assd.export import export_onnx
 from assd.export.fp16 import attention_nodes, attention_score_nodes, convert_to_fp16, write_fp16_onnx
 from assd.models import build_model, get_config
 from assd.models.checkpoint import save_checkpoint
+from assd.runtime.metadata import read_metadata
 from assd.runtime.preprocess import preprocess
 
 FP16_MAX = 65504.0

@@ -24,11 +24,10 @@ from onnx import TensorProto, helper, numpy_helper
 import assd
 from assd.cli import main
 from assd.errors import UserError
-from assd.export import read_metadata
 from assd.export.engine import BatchRange, CalibrationOptions, EngineOptions, build_engine, check_options
-from assd.export.metadata import OnnxMetadata, set_metadata
 from assd.models import get_config
 from assd.runtime.engine_info import EngineInfo, check_compatible, read_engine_info, sidecar_path
+from assd.runtime.metadata import OnnxMetadata, read_metadata, set_metadata
 from assd.runtime.runners import open_runner
 from assd.runtime.tensorrt_runner import TensorRTRunner
 

@@ -36,7 +36,7 @@ from assd.calibration.entropy import entropy_ranges
 from assd.calibration.images import ImageCalibrationReader, calibration_images
 from assd.errors import UserError
 from assd.export.fp16 import POSTPROCESS_PREFIX, attention_nodes
-from assd.export.metadata import OnnxMetadata, load_fp32_source, set_metadata
+from assd.runtime.metadata import OnnxMetadata, load_fp32_source, set_metadata
 from assd.utils import atomic_write_bytes
 
 METHODS = ("entropy", "percentile", "max")

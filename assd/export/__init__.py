@@ -1,6 +1,8 @@
-"""Export: PyTorch -> ONNX with metadata (and, with ``assd.calibration``, FP16 / INT8 graphs)."""
+"""Export: PyTorch -> ONNX with metadata (and, with ``assd.calibration``, FP16 / INT8 graphs).
 
-from assd.export.metadata import OnnxMetadata, read_metadata
+The metadata format itself is the runtime's input contract and lives in ``assd.runtime.metadata``.
+"""
+
 from assd.export.onnx_export import export_onnx
 
-__all__ = ["OnnxMetadata", "export_onnx", "read_metadata"]
+__all__ = ["export_onnx"]

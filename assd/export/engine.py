@@ -22,8 +22,8 @@ import torch
 import assd
 from assd.calibration.cache import sha256_file
 from assd.errors import UserError
-from assd.export.metadata import OnnxMetadata, read_metadata
 from assd.runtime.engine_info import HARDWARE_COMPAT_LEVELS, EngineInfo, sidecar_path
+from assd.runtime.metadata import OnnxMetadata, read_metadata
 from assd.runtime.tensorrt_support import import_tensorrt, require_tensorrt
 from assd.utils import atomic_write_bytes, atomic_write_json
 

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from assd.export.metadata import OnnxMetadata, load_fp32_source, set_metadata
+from assd.runtime.metadata import OnnxMetadata, load_fp32_source, set_metadata
 from assd.utils import atomic_write_bytes
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16

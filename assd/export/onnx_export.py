@@ -22,8 +22,8 @@ import torch
 import assd
 from assd.errors import UserError
 from assd.export.fold import fold_for_export
-from assd.export.metadata import OnnxMetadata, set_metadata
 from assd.models.assd import ASSD
+from assd.runtime.metadata import OnnxMetadata, set_metadata
 from assd.utils import atomic_write_bytes
 
 DEFAULT_OPSET = 18

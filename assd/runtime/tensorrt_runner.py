@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from assd.errors import UserError
+from assd.runtime.base import Runner
 from assd.runtime.engine_info import EngineInfo, check_compatible, read_engine_info
-from assd.runtime.runners import Runner
 from assd.runtime.tensorrt_support import import_tensorrt, require_tensorrt
 
 INPUT_NAME, OUTPUT_NAMES = "images", ("loc", "conf")
