@@ -140,7 +140,7 @@ def test_eval_transform_matches_runtime_preprocess():
     chw = torch.from_numpy(image).permute(2, 0, 1)
     out, boxes, _ = EvalTransform(MINI.input_size, MINI.mean, MINI.std)(
         chw, torch.tensor([[0.0, 0.0, 201.0, 61.5]]), torch.tensor([3]))
-    expected = preprocess([image], MINI.input_size, MINI.mean, MINI.std)[0]
+    expected = preprocess([image], MINI)[0]
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(boxes, torch.tensor([[0.0, 0.0, 1.0, 0.5]]))
 

@@ -349,10 +349,8 @@ def test_predict_dataset_accepts_numpy_outputs_and_restores_train_mode():
     pp_cfg = PostprocessConfig(score_threshold=0.05, max_detections=20)
     model.eval()
     with torch.no_grad():
-        from_torch = predict_dataset(model, dataset, cfg.input_size, cfg.mean, cfg.std, model.priors_cxcywh,
-                                     cfg.variances, pp_cfg, batch_size=2)
-        from_numpy = predict_dataset(lambda x: tuple(t.numpy() for t in model(x)), dataset, cfg.input_size,
-                                     cfg.mean, cfg.std, model.priors_cxcywh.numpy(), cfg.variances, pp_cfg,
+        from_torch = predict_dataset(model, dataset, cfg, pp_cfg, batch_size=2)
+        from_numpy = predict_dataset(lambda x: tuple(t.numpy() for t in model(x)), dataset, cfg, pp_cfg,
                                      batch_size=1)
     for a, b in zip(from_torch, from_numpy, strict=True):
         assert 0 < len(a) <= 20

@@ -60,7 +60,7 @@ def voc_batch(voc_images_dir):
     """Six real photos, pre-processed for assd-mini: [6, 3, 256, 256] float32."""
     files = sorted(voc_images_dir.glob("*.jpg"))[10:16]
     cfg = get_config("assd-mini")
-    return preprocess([read_rgb_image(str(f)) for f in files], cfg.input_size, cfg.mean, cfg.std).numpy()
+    return preprocess([read_rgb_image(str(f)) for f in files], cfg).numpy()
 
 
 def _run(model_or_path, images: np.ndarray) -> list[np.ndarray]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from assd.models.assd import priors_for
-from assd.runtime.postprocess import PostprocessConfig, postprocess
+from assd.runtime.postprocess import PostprocessConfig, detect
 from assd.runtime.preprocess import preprocess
 from assd.runtime.runners import Runner
 
@@ -49,11 +49,11 @@ def time_one_batch(runner: Runner, images: list[np.ndarray], priors: torch.Tenso
                    postprocess_cfg: PostprocessConfig, times: StageTimes) -> None:
     cfg = runner.cfg
     start = _now(runner)
-    batch = preprocess(images, cfg.input_size, cfg.mean, cfg.std, device=runner.device)
+    batch = preprocess(images, cfg, device=runner.device)
     after_pre = _now(runner)
     loc, conf = runner.infer(batch)
     after_infer = _now(runner)
-    postprocess(loc, conf, priors, cfg.variances, postprocess_cfg)
+    detect(loc, conf, cfg, postprocess_cfg, priors)
     end = _now(runner)
     times.preprocess.append(after_pre - start)
     times.inference.append(after_infer - after_pre)

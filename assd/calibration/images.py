@@ -94,5 +94,5 @@ class ImageCalibrationReader(CalibrationDataReader):
             return None
         batch = [self.images.load(i) for i in range(self.position, self.position + self.batch_size)]
         self.position += self.batch_size
-        tensor = preprocess(batch, self.cfg.input_size, self.cfg.mean, self.cfg.std)
+        tensor = preprocess(batch, self.cfg)
         return {self.input_name: np.ascontiguousarray(tensor.numpy())}

@@ -31,8 +31,7 @@ def draw_pictures(checkpoint: str, val_spec: str, out: Path, images_dir: str, nu
     model = load_checkpoint(checkpoint).to(torch_device)
     cfg = model.cfg
     dataset = FirstImages(parse_data_spec(val_spec), num_images)
-    detections = predict_dataset(model, dataset, cfg.input_size, cfg.mean, cfg.std, model.priors_cxcywh,
-                                 cfg.variances, PostprocessConfig(score_threshold=score_threshold),
+    detections = predict_dataset(model, dataset, cfg, PostprocessConfig(score_threshold=score_threshold),
                                  batch_size=num_images, device=torch_device, progress=progress)
     folder = out / images_dir
     drawn, written, titles = [], [], []

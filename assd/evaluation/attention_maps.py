@@ -24,7 +24,7 @@ import torch
 
 from assd.errors import UserError
 from assd.evaluation.visualize import heat_overlay, image_grid, mark_point, write_image
-from assd.runtime.postprocess import postprocess
+from assd.runtime.postprocess import detect
 from assd.runtime.preprocess import preprocess
 from assd.utils import atomic_write_json
 
@@ -47,7 +47,7 @@ class AttentionMap:
 def default_query(model, batch: torch.Tensor, width: int, height: int) -> tuple[tuple[float, float], str]:
     """``((x, y) pixels, how it was chosen)``: the best detection's center, else the image center."""
     loc, conf = model(batch)
-    dets = postprocess(loc, conf, model.priors_cxcywh, model.cfg.variances)[0].to_pixels(width, height)
+    dets = detect(loc, conf, model.cfg, priors_cxcywh=model.priors_cxcywh)[0].to_pixels(width, height)
     if len(dets) == 0:
         return (width / 2, height / 2), "image center (no detection)"
     x1, y1, x2, y2 = dets.boxes[0].tolist()
@@ -73,7 +73,7 @@ def attention_maps(model, image: np.ndarray, query_xy: tuple[float, float] | Non
     cfg = model.cfg
     device = model.priors_cxcywh.device
     with torch.inference_mode():
-        batch = preprocess([image], cfg.input_size, cfg.mean, cfg.std, device=device)
+        batch = preprocess([image], cfg, device=device)
         if query_xy is None:
             query_xy, how = default_query(model, batch, width, height)
         else:

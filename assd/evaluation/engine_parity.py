@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from assd.errors import CheckFailed, UserError
 from assd.evaluation.evaluate import EvalResult, check_class_names, evaluate_detections, predict_dataset
-from assd.models.assd import priors_for
 from assd.runtime.postprocess import PostprocessConfig
 from assd.runtime.runners import Runner, open_runner
 
@@ -59,8 +58,8 @@ class EngineParity:
 def _predict(runner: Runner, dataset, postprocess_cfg: PostprocessConfig, batch_size: int, progress: bool):
     cfg = runner.cfg
     runner.check_batch(batch_size)
-    return predict_dataset(runner.infer, dataset, cfg.input_size, cfg.mean, cfg.std, priors_for(cfg), cfg.variances,
-                           postprocess_cfg, batch_size=batch_size, device=runner.device, progress=progress)
+    return predict_dataset(runner.infer, dataset, cfg, postprocess_cfg, batch_size=batch_size, device=runner.device,
+                           progress=progress)
 
 
 def _agreement(reference_dets, artifact_dets) -> tuple[int, int, float]:

@@ -18,7 +18,9 @@ import torch
 from assd.errors import UserError
 from assd.evaluation.coco import coco_evaluate
 from assd.evaluation.voc import voc_average_precisions
-from assd.runtime.postprocess import Detections, PostprocessConfig, postprocess
+from assd.models.assd import priors_for
+from assd.models.config import ModelConfig
+from assd.runtime.postprocess import Detections, PostprocessConfig, detect
 from assd.runtime.preprocess import preprocess
 
 METRICS = ("voc07", "voc12", "coco")
@@ -124,11 +126,7 @@ def _to_torch(output, device) -> torch.Tensor:
 def predict_dataset(
     infer: Callable,
     dataset,
-    input_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    priors_cxcywh: torch.Tensor,
-    variances: Sequence[float],
+    cfg: ModelConfig,
     postprocess_cfg: PostprocessConfig | None = None,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
@@ -140,8 +138,7 @@ def predict_dataset(
         infer: ``images [B, 3, S, S] float32 torch tensor on device -> (loc [B, A, 4], conf [B, A, C])``,
             torch tensors or numpy arrays.
         dataset: has ``__len__`` and ``load_image(i)`` (RGB uint8 ``[H, W, 3]``).
-        input_size, mean, std: pre-processing of the network (its ``ModelConfig``).
-        priors_cxcywh, variances: the network's priors ``[A, 4]`` and box-coding variances.
+        cfg: the network's ``ModelConfig`` (pre-processing, priors, box conventions).
         device: where pre- and post-processing run (the runner's device).
     """
     from tqdm import tqdm
@@ -149,16 +146,15 @@ def predict_dataset(
     if batch_size < 1:
         raise UserError(f"batch size {batch_size}: must be >= 1")
     device = torch.device(device)
-    priors = torch.as_tensor(priors_cxcywh).to(device)
+    priors = priors_for(cfg).to(device)
     detections: list[Detections] = []
     total = -(-len(dataset) // batch_size)
     for images in tqdm(_image_batches(dataset, batch_size), total=total, desc="predict", unit="batch",
                        disable=not progress, leave=False):
-        batch = preprocess(images, input_size, mean, std, device=device)
+        batch = preprocess(images, cfg, device=device)
         with torch.inference_mode():
             loc, conf = infer(batch)
-            per_image = postprocess(_to_torch(loc, device), _to_torch(conf, device), priors, variances,
-                                    postprocess_cfg)
+            per_image = detect(_to_torch(loc, device), _to_torch(conf, device), cfg, postprocess_cfg, priors)
         detections.extend(dets.to_pixels(image.shape[1], image.shape[0]) for dets, image in zip(per_image, images))
     return detections
 
@@ -204,8 +200,7 @@ def evaluate_model(model, dataset, metric: str | None = "voc07", batch_size: int
     cfg, was_training = model.cfg, model.training
     model.to(device).eval()
     try:
-        detections = predict_dataset(model, dataset, cfg.input_size, cfg.mean, cfg.std, model.priors_cxcywh,
-                                     cfg.variances, postprocess_cfg, batch_size, device, progress)
+        detections = predict_dataset(model, dataset, cfg, postprocess_cfg, batch_size, device, progress)
     finally:
         model.train(was_training)
     return evaluate_detections(detections, dataset, metric, postprocess_cfg)

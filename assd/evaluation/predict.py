@@ -71,12 +71,10 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def predict_images(infer: Callable, paths: Sequence[Path], cfg, priors_cxcywh: torch.Tensor,
-                   postprocess_cfg: PostprocessConfig, device: torch.device | str = "cpu",
-                   batch_size: int = 8) -> list[Detections]:
+def predict_images(infer: Callable, paths: Sequence[Path], cfg, postprocess_cfg: PostprocessConfig,
+                   device: torch.device | str = "cpu", batch_size: int = 8) -> list[Detections]:
     """Detections in pixels per image file; ``cfg`` is the network's ``ModelConfig``."""
-    return predict_dataset(infer, ImageFiles(paths), cfg.input_size, cfg.mean, cfg.std, priors_cxcywh,
-                           cfg.variances, postprocess_cfg, batch_size, device)
+    return predict_dataset(infer, ImageFiles(paths), cfg, postprocess_cfg, batch_size, device)
 
 
 def write_predictions(out_dir: str | os.PathLike, paths: Sequence[Path], detections: Sequence[Detections],

@@ -99,7 +99,7 @@ def default_parity_images(limit: int = 4) -> list[np.ndarray]:
 def compare_runners(reference, candidate, images: list[np.ndarray], postprocess_cfg=None,
                     batch_size: int = 2) -> ParityReport:
     """Run both runners on ``images`` (RGB uint8) with the same pre/post-processing and compare."""
-    from assd.runtime.postprocess import PostprocessConfig, postprocess
+    from assd.runtime.postprocess import PostprocessConfig, detect
     from assd.runtime.preprocess import preprocess
 
     cfg = reference.cfg
@@ -109,15 +109,15 @@ def compare_runners(reference, candidate, images: list[np.ndarray], postprocess_
     conf_scale = loc_scale = 0.0
     totals, score_diff = [0, 0], 0.0
     for start in range(0, len(images), batch_size):
-        batch = preprocess(images[start:start + batch_size], cfg.input_size, cfg.mean, cfg.std)
+        batch = preprocess(images[start:start + batch_size], cfg)
         outputs = [tuple(t.float().cpu() for t in runner.infer(batch)) for runner in (reference, candidate)]
         (ref_loc, ref_conf), (cand_loc, cand_conf) = outputs
         stats["loc"].append((ref_loc - cand_loc).abs().flatten())
         stats["conf"].append((ref_conf - cand_conf).abs().flatten())
         conf_scale = max(conf_scale, float(ref_conf.abs().max()))
         loc_scale = max(loc_scale, float(ref_loc.abs().max()))
-        ref_dets = postprocess(ref_loc, ref_conf, priors, cfg.variances, postprocess_cfg)
-        cand_dets = postprocess(cand_loc, cand_conf, priors, cfg.variances, postprocess_cfg)
+        ref_dets = detect(ref_loc, ref_conf, cfg, postprocess_cfg, priors)
+        cand_dets = detect(cand_loc, cand_conf, cfg, postprocess_cfg, priors)
         for ref, cand in zip(ref_dets, cand_dets):
             matched, diff = match_detections(ref, cand)
             totals[0] += len(ref.scores)
@@ -137,7 +137,7 @@ def compare_postprocessed(reference, onnx_path: str, images: list[np.ndarray], p
     with the torch post-processing (raw-output differences are not defined there: reported as 0)."""
     import onnxruntime as ort
 
-    from assd.runtime.postprocess import Detections, postprocess
+    from assd.runtime.postprocess import Detections, detect
     from assd.runtime.preprocess import preprocess
 
     cfg = reference.cfg
@@ -145,9 +145,9 @@ def compare_postprocessed(reference, onnx_path: str, images: list[np.ndarray], p
     priors = priors_for(cfg)
     totals, score_diff = [0, 0], 0.0
     for start in range(0, len(images), batch_size):
-        batch = preprocess(images[start:start + batch_size], cfg.input_size, cfg.mean, cfg.std)
+        batch = preprocess(images[start:start + batch_size], cfg)
         loc, conf = (t.float().cpu() for t in reference.infer(batch))
-        ref_dets = postprocess(loc, conf, priors, cfg.variances, postprocess_cfg)
+        ref_dets = detect(loc, conf, cfg, postprocess_cfg, priors)
         boxes, scores, classes, count = session.run(None, {"images": batch.numpy()})
         for index, ref in enumerate(ref_dets):
             valid = int(count[index])

@@ -23,6 +23,7 @@ from torchvision.ops import batched_nms
 
 from assd.errors import UserError
 from assd.models.box_coding import decode
+from assd.models.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -165,3 +166,20 @@ def postprocess(
         results.append(Detections(out_boxes[start:end], out_scores[start:end], out_labels[start:end]))
         start = end
     return results
+
+
+def detect(
+    loc: torch.Tensor | np.ndarray,
+    conf: torch.Tensor | np.ndarray,
+    model_cfg: ModelConfig,
+    cfg: PostprocessConfig | None = None,
+    priors_cxcywh: torch.Tensor | None = None,
+) -> list[Detections]:
+    """``postprocess`` with everything the network of ``model_cfg`` fixes taken from it (its priors,
+    variances and box conventions): what every pipeline stage calls. ``priors_cxcywh`` may be given to
+    avoid regenerating them (they must be ``priors_for(model_cfg)``)."""
+    from assd.models.assd import priors_for
+
+    if priors_cxcywh is None:
+        priors_cxcywh = priors_for(model_cfg)
+    return postprocess(loc, conf, priors_cxcywh, model_cfg.variances, cfg)

@@ -13,22 +13,23 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from assd.models.config import ModelConfig
+
 
 def preprocess(
     images: Sequence[np.ndarray],
-    input_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    cfg: ModelConfig,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Batch of ``len(images)`` normalized images ``[B, 3, S, S]`` on ``device``.
+    """Batch of ``len(images)`` normalized images ``[B, 3, S, S]`` on ``device``, as the network of
+    ``cfg`` expects them (S = ``cfg.input_size``; ``cfg.mean``/``cfg.std`` apply to pixels in [0, 1]).
 
     Args:
         images: RGB uint8 arrays ``[H, W, 3]`` (sizes may differ).
-        input_size: S, the network's square input side in pixels.
-        mean, std: per-channel normalization for pixel values scaled to [0, 1] (RGB order).
+        cfg: the network's ``ModelConfig`` (the one source of its input conventions).
     """
+    input_size, mean, std = cfg.input_size, cfg.mean, cfg.std
     mean_t = torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
     batch = []
