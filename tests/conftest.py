@@ -58,4 +58,5 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none on this machine"))
         if "tensorrt" in item.keywords and not has_trt:
-            item.add_marker(pytest.mark.skip(reason="needs TensorRT (pip install -e .[tensorrt]) and a CUDA GPU"))
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT (pip install -e '.[tensorrt-cu12]' or "
+                                                        "'.[tensorrt-cu13]') and a CUDA GPU"))

@@ -65,7 +65,8 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
         check_class_names(cfg.class_names, dataset, model_path)
         pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
         runner.check_batch(batch_size)
-        detections = predict_dataset(runner.infer, dataset, cfg, pp_cfg, batch_size, runner.device, progress=True)
+        detections = predict_dataset(runner.infer_outputs, dataset, cfg, pp_cfg, batch_size, runner.device,
+                                     progress=True)
         result = evaluate_detections(detections, dataset, metric, pp_cfg)
     else:
         result = evaluate_detections(load_coco_results(detections_path, dataset), dataset, metric)
@@ -98,7 +99,7 @@ def predict_command(model_path, sources, out_dir, batch_size, device, score_thre
     pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
     runner = open_runner(model_path, device=device)  # .pt checkpoint, .onnx or .engine
     runner.check_batch(batch_size)
-    detections = predict_images(runner.infer, paths, runner.cfg, pp_cfg, runner.device, batch_size)
+    detections = predict_images(runner.infer_outputs, paths, runner.cfg, pp_cfg, runner.device, batch_size)
     json_path = write_predictions(out_dir, paths, detections, runner.cfg.class_names, pp_cfg)
     total = sum(len(dets) for dets in detections)
     click.echo(f"{total} detections in {len(paths)} images -> {json_path} and {len(paths)} drawn images in {out_dir}")

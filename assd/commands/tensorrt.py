@@ -55,16 +55,20 @@ def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method,
               help="Timing cache file: read when present, written after the build.")
 @click.option("--calib-data", default=None, help="Calibration images for --int8 (folder or data spec).")
 @_calibration_options
-@click.option("--version-compatible", is_flag=True, help="Engine runs on this TensorRT version or newer.")
+@click.option("--version-compatible", is_flag=True, help="Engine runs on this TensorRT version or newer "
+              "(same major, or 10 -> 11).")
 @click.option("--hardware-compat", type=click.Choice(["none", "same-cc", "ampere+"]), default="none",
-              show_default=True, help="GPUs the engine may run on besides this one's architecture.")
+              show_default=True, help="GPUs the engine may run on: this GPU model only (none), any GPU of its "
+              "compute capability (same-cc, TensorRT >= 10.9), any Ampere or newer GPU (ampere+).")
+@click.option("--tf32", is_flag=True, help="Allow TF32 for float32 layers (TensorRT's default; off here: ASSD's "
+              "unscaled attention scores need full fp32).")
 def build_engine_command(onnx_file, output, precision, batch, workspace, timing_cache, calib_data, calib_images,
-                         calib_method, calib_cache, version_compatible, hardware_compat):
+                         calib_method, calib_cache, version_compatible, hardware_compat, tf32):
     """Build a strongly typed TensorRT engine (+ OUTPUT.json sidecar) from an assd ONNX_FILE."""
     from assd.export.engine import CalibrationOptions, EngineOptions, build_engine
 
     options = EngineOptions(
         precision=precision, batch=batch, workspace_gb=workspace, timing_cache=timing_cache,
-        version_compatible=version_compatible, hardware_compat=hardware_compat,
+        version_compatible=version_compatible, hardware_compat=hardware_compat, tf32=tf32,
         calibration=CalibrationOptions(data=calib_data, images=calib_images, method=calib_method, cache=calib_cache))
     build_engine(onnx_file, output, options, echo=click.echo)

@@ -58,8 +58,8 @@ class EngineParity:
 def _predict(runner: Runner, dataset, postprocess_cfg: PostprocessConfig, batch_size: int, progress: bool):
     cfg = runner.cfg
     runner.check_batch(batch_size)
-    return predict_dataset(runner.infer, dataset, cfg, postprocess_cfg, batch_size=batch_size, device=runner.device,
-                           progress=progress)
+    return predict_dataset(runner.infer_outputs, dataset, cfg, postprocess_cfg, batch_size=batch_size,
+                           device=runner.device, progress=progress)
 
 
 def _agreement(reference_dets, artifact_dets) -> tuple[int, int, float]:

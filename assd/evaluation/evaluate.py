@@ -20,6 +20,7 @@ from assd.evaluation.coco import coco_evaluate
 from assd.evaluation.voc import voc_average_precisions
 from assd.models.assd import priors_for
 from assd.models.config import ModelConfig
+from assd.runtime.padded import PaddedDetections
 from assd.runtime.postprocess import Detections, PostprocessConfig, detect
 from assd.runtime.preprocess import preprocess
 
@@ -136,7 +137,8 @@ def predict_dataset(
 
     Args:
         infer: ``images [B, 3, S, S] float32 torch tensor on device -> (loc [B, A, 4], conf [B, A, C])``,
-            torch tensors or numpy arrays.
+            torch tensors or numpy arrays (``Runner.infer``), or ``-> PaddedDetections`` for an artifact
+            exported ``--with-postprocess`` (``Runner.infer_outputs`` gives either).
         dataset: has ``__len__`` and ``load_image(i)`` (RGB uint8 ``[H, W, 3]``).
         cfg: the network's ``ModelConfig`` (pre-processing, priors, box conventions).
         device: where pre- and post-processing run (the runner's device).
@@ -153,8 +155,12 @@ def predict_dataset(
                        disable=not progress, leave=False):
         batch = preprocess(images, cfg, device=device)
         with torch.inference_mode():
-            loc, conf = infer(batch)
-            per_image = detect(_to_torch(loc, device), _to_torch(conf, device), cfg, postprocess_cfg, priors)
+            outputs = infer(batch)
+            if isinstance(outputs, PaddedDetections):  # an artifact exported --with-postprocess
+                per_image = outputs.unpad(postprocess_cfg)
+            else:
+                loc, conf = outputs
+                per_image = detect(_to_torch(loc, device), _to_torch(conf, device), cfg, postprocess_cfg, priors)
         detections.extend(dets.to_pixels(image.shape[1], image.shape[0]) for dets, image in zip(per_image, images))
     return detections
 

@@ -3,10 +3,13 @@
 Precision lives in the ONNX graph (TensorRT 11 removed the FP16/INT8 builder flags and implicit INT8
 calibrators; TensorRT 10 builds the same graphs with ``STRONGLY_TYPED``): ``--fp16`` / ``--int8`` on an
 fp32 ONNX first write the fp16 graph (``assd.export.fp16``) or the calibrated Q/DQ graph
-(``assd.calibration``) beside the engine, then build that. Checks run cheapest first, so bad input
-fails with one line anywhere: arguments and ONNX metadata, then "is TensorRT installed?", then "is there
-a CUDA device?" — on a machine without TensorRT/GPU the precision graph is still written, ready to be
-taken to a GPU machine.
+(``assd.calibration``) beside the engine, and a graph with ``Attention`` nodes is lowered to
+MatMul -> Softmax -> MatMul (``assd.export.attention_lowering``), then that graph is built. Checks run
+cheapest first, so bad input fails with one line anywhere: arguments and ONNX metadata, then "is
+TensorRT installed?", then "is there a CUDA device?", then what this TensorRT and GPU can build
+(``engine_info.check_build_target``) — on a machine without TensorRT/GPU the graph to build is still
+written, ready to be taken to a GPU machine. Float32 layers are built without TF32 unless ``tf32``:
+ASSD's unscaled attention scores (~1e5 with random weights) lose too much in TF32's 10-bit mantissa.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 import assd
 from assd.calibration.cache import sha256_file
 from assd.errors import UserError
-from assd.runtime.engine_info import HARDWARE_COMPAT_LEVELS, EngineInfo, sidecar_path
+from assd.runtime.engine_info import HARDWARE_COMPAT_LEVELS, EngineInfo, check_build_target, sidecar_path
 from assd.runtime.metadata import OnnxMetadata, read_metadata
 from assd.runtime.tensorrt_support import import_tensorrt, require_tensorrt
 from assd.utils import atomic_write_bytes, atomic_write_json
@@ -74,6 +77,7 @@ class EngineOptions:
     timing_cache: str | None = None
     version_compatible: bool = False
     hardware_compat: str = "none"
+    tf32: bool = False  # allow TF32 for float32 layers (TensorRT's default; off here, see the module docstring)
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
 
 
@@ -132,24 +136,26 @@ def build_engine(onnx_path: str, output: str, options: EngineOptions,
     """Build ``output`` (+ ``output.json``) from ``onnx_path``; see the module docstring for the order."""
     metadata, precision, batch = check_options(onnx_path, output, options)
     graph = make_precision_graph(onnx_path, output, metadata, precision, options.calibration, echo)
+    graph = lowered_graph(graph, output, echo)
     where = f" (the {precision} graph is {graph}: build it on a GPU machine with 'assd build-engine {graph} -o {output}')"
     try:
         require_tensorrt("building a TensorRT engine")
     except UserError as exc:
         raise UserError(f"{exc}{where}") from None
     trt = import_tensorrt("building a TensorRT engine")
+    capability, gpu_name = torch.cuda.get_device_capability(), torch.cuda.get_device_name()
+    check_build_target(options.hardware_compat, options.version_compatible, trt.__version__, capability, gpu_name)
     plan = _build_plan(trt, graph, metadata, precision, batch, options, echo)
     atomic_write_bytes(output, plan)
-    capability = torch.cuda.get_device_capability()
     info = EngineInfo(
-        tensorrt_version=trt.__version__, gpu_name=torch.cuda.get_device_name(),
+        tensorrt_version=trt.__version__, gpu_name=gpu_name,
         compute_capability=f"{capability[0]}.{capability[1]}", precision=precision,
         input_shape=[3, metadata.model_config.input_size, metadata.model_config.input_size],
         batch_min=batch.min, batch_opt=batch.opt, batch_max=batch.max, onnx_sha256=sha256_file(graph),
         onnx_file=Path(graph).name, model_config=json.loads(metadata.model_config.to_json()),
         postprocess=metadata.postprocess,
         outputs=metadata.outputs, version_compatible=options.version_compatible,
-        hardware_compatibility=options.hardware_compat, assd_version=assd.__version__,
+        hardware_compatibility=options.hardware_compat, tf32=options.tf32, assd_version=assd.__version__,
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         class_names=list(metadata.model_config.class_names))
     atomic_write_json(sidecar_path(output), info.to_dict())
@@ -157,6 +163,22 @@ def build_engine(onnx_path: str, output: str, options: EngineOptions,
          f"sm_{capability[0]}{capability[1]}, {precision}, batch {batch.min}:{batch.opt}:{batch.max}) and "
          f"{sidecar_path(output).name}")
     return info
+
+
+def lowered_graph(graph: str, output: str, echo: Callable[[str], None] = print) -> str:
+    """``graph`` itself, or when it has ``Attention`` nodes the lowered copy written beside the engine."""
+    from assd.export.attention_lowering import lower_attention
+    from assd.runtime.metadata import load_onnx
+
+    model = load_onnx(graph)
+    count = lower_attention(model, source=graph)
+    if not count:
+        return graph
+    target = Path(output).parent / f"{Path(graph).stem}.lowered.onnx"
+    atomic_write_bytes(target, model.SerializeToString())
+    echo(f"wrote {target}: {count} Attention nodes as MatMul -> Softmax -> MatMul (TensorRT's IAttention needs "
+         "equal query/key/value head sizes; ASSD's values are 8x wider)")
+    return str(target)
 
 
 def _parse(trt, network, logger, graph: str) -> None:
@@ -187,8 +209,17 @@ def _build_plan(trt, graph: str, metadata: OnnxMetadata, precision: str, batch: 
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
     size = metadata.model_config.input_size
     profile = builder.create_optimization_profile()
-    profile.set_shape("images", (batch.min, 3, size, size), (batch.opt, 3, size, size), (batch.max, 3, size, size))
-    config.add_optimization_profile(profile)
+    shapes = [(n, 3, size, size) for n in (batch.min, batch.opt, batch.max)]
+    try:  # IOptimizationProfile.set_shape raises RuntimeError on inconsistent shapes (python bindings)
+        profile.set_shape("images", *shapes)
+    except RuntimeError as exc:
+        raise UserError(f"{graph}: TensorRT refused the profile {shapes} ({exc}): check --batch") from None
+    # add_optimization_profile: "the index of the optimization profile ... or -1 if the input is not valid"
+    if config.add_optimization_profile(profile) < 0:
+        raise UserError(f"{graph}: TensorRT refused the optimization profile {shapes} (see its message above): "
+                        "check --batch and that the graph's input is 'images' [B, 3, S, S]")
+    if not options.tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)  # "Enabled by default" (NvInfer.h, BuilderFlag::kTF32)
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if options.hardware_compat != "none":
@@ -207,7 +238,8 @@ def _build_plan(trt, graph: str, metadata: OnnxMetadata, precision: str, batch: 
             raise UserError(f"--timing-cache {options.timing_cache}: TensorRT cannot use this file (another "
                             "TensorRT version or GPU?): delete it or pass another path")
         echo(f"timing cache {options.timing_cache}: " + ("read" if cached else "new"))
-    echo(f"building the {precision} engine from {graph} (strongly typed, batch {batch.min}:{batch.opt}:{batch.max}) ...")
+    echo(f"building the {precision} engine from {graph} (strongly typed, batch {batch.min}:{batch.opt}:{batch.max}, "
+         f"TF32 {'on' if options.tf32 else 'off'}) ...")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise UserError(f"{graph}: TensorRT could not build an engine (see its messages above)")

@@ -6,6 +6,10 @@ takes ``[B, 3, S, S]`` float32 on any device and returns ``(loc [B, A, 4], conf 
 tensors on the runner's device. No runner knows about datasets, metrics or timing (as Polygraphy's
 runners: comparators and benchmarks live elsewhere). One module per backend implements it:
 ``torch_runner``, ``onnxruntime_runner``, ``tensorrt_runner``; ``runners.open_runner`` picks one.
+
+An artifact exported ``--with-postprocess`` computes detections, not (loc, conf): its runner has
+``outputs == "detections"``, implements ``infer_detections(images) -> PaddedDetections`` and refuses
+``infer``. ``infer_outputs`` returns whichever the artifact computes (what ``predict_dataset`` takes).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class Runner(abc.ABC):
     cfg: ModelConfig
     postprocess: dict | None = None  # thresholds stored with the artifact (None: defaults)
     artifact: str = ""
+    outputs: str = "raw"  # "raw": infer -> (loc, conf); "detections": infer_detections -> PaddedDetections
 
     def __init__(self):
         self.device = torch.device("cpu")
@@ -49,13 +54,29 @@ class Runner(abc.ABC):
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.infer(images)
 
+    def infer_detections(self, images: torch.Tensor):
+        """``images [B, 3, S, S]`` -> ``PaddedDetections`` (artifacts exported ``--with-postprocess`` only)."""
+        raise UserError(f"{self.artifact}: outputs (loc, conf), not detections: decode them with "
+                        "assd.runtime.postprocess.detect")
+
+    def infer_outputs(self, images: torch.Tensor):
+        """What the artifact computes: ``(loc, conf)``, or ``PaddedDetections`` for a detections artifact."""
+        return self.infer_detections(images) if self.outputs == "detections" else self.infer(images)
+
+    def refuse_raw_outputs(self):
+        """UserError for ``infer`` on a detections artifact."""
+        raise UserError(f"{self.artifact}: exported --with-postprocess, it outputs detections, not (loc, conf): "
+                        "bench, parity and calibration need an export without --with-postprocess "
+                        "(eval, predict and eval-engine take either)")
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def describe(self) -> dict:
         return {"artifact": self.artifact, "backend": self.backend, "precision": self.precision,
-                "device": device_name(self.device), "max_batch": self.max_batch, "model": self.cfg.name}
+                "device": device_name(self.device), "max_batch": self.max_batch, "model": self.cfg.name,
+                "outputs": self.outputs}
 
 
 def device_name(device: torch.device) -> str:

@@ -1,12 +1,12 @@
 """The JSON sidecar of a TensorRT engine (``model.engine.json``) and the checks it allows before loading.
 
-A serialized engine runs only with the TensorRT version that built it (unless built version-compatible,
-then with that version or newer) and only on GPUs of the compute capability it was built on (unless
-built hardware-compatible, e.g. ``ampere+``: compute capability 8.0 or newer). The sidecar records
-both, so a mismatch is refused with a one-line reason instead of a deserialization failure deep inside
-TensorRT. It also carries everything runners, bench and eval-engine need to know about the model
-(input shape, batch range, classes, post-processing, the whole ModelConfig) and the SHA-256 of the
-ONNX file the engine was built from.
+The sidecar records the TensorRT version, GPU and compatibility settings an engine was built with, so
+that an engine this machine cannot run is refused with a one-line reason (``check_compatible``) instead
+of a deserialization failure deep inside TensorRT, and a build TensorRT would refuse or get wrong is
+refused before it starts (``check_build_target``). The rules, from NVIDIA's documentation, are listed
+in docs/deployment.md ("Engine compatibility"). The sidecar also carries everything runners, bench and
+eval-engine need to know about the model (input shape, batch range, classes, post-processing, the whole
+ModelConfig) and the SHA-256 of the ONNX file the engine was built from.
 """
 
 from __future__ import annotations
@@ -20,8 +20,20 @@ from assd.errors import UserError
 from assd.models.config import ModelConfig
 
 SIDECAR_FORMAT = "assd-engine"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: records tf32 (version 1 engines were built with TensorRT's default, TF32 on)
 HARDWARE_COMPAT_LEVELS = ("none", "same-cc", "ampere+")
+OLDEST_TENSORRT = (10, 0)  # assd builds and runs engines with TensorRT 10 and 11 APIs only
+# Version-compatible engines across a major version: TensorRT support matrix 11.4.1, "Engine Portability":
+# "TensorRT 10 version-compatible engines can run with a TensorRT 11 runtime, and TensorRT 8
+# version-compatible engines can run with a TensorRT 10 runtime. No other combination across major
+# versions is supported." Within a major version, any newer runtime ("Engine Compatibility", 11.1).
+CROSS_MAJOR_VERSION_COMPATIBLE = {(8, 10), (10, 11)}
+# IBuilderConfig hardware compatibility (include/NvInfer.h, enum HardwareCompatibilityLevel):
+# kAMPERE_PLUS "is only supported for engines built on NVIDIA Ampere and later GPUs" (sm_80+);
+# kSAME_COMPUTE_CAPABILITY "is only supported for engines built on NVIDIA Turing and later GPUs" (sm_75+)
+# and exists from TensorRT 10.9 on (first in NvInfer.h of the 10.9 release).
+HARDWARE_COMPAT_BUILD_GPU = {"ampere+": (8, 0), "same-cc": (7, 5)}
+HARDWARE_COMPAT_TENSORRT = {"ampere+": (8, 6), "same-cc": (10, 9)}
 
 
 def sidecar_path(engine_path: str | Path) -> Path:
@@ -29,11 +41,16 @@ def sidecar_path(engine_path: str | Path) -> Path:
 
 
 def parse_version(text: str) -> tuple[int, ...]:
-    """``"10.3.0.26"`` -> ``(10, 3, 0, 26)`` (non-numeric suffixes ignored)."""
-    numbers = [int(part) for part in re.findall(r"\d+", text.split("+")[0])]
-    if not numbers:
+    """The leading dotted numbers: ``"10.3.0.26"`` -> ``(10, 3, 0, 26)``, ``"10.3.0.post1"`` and
+    ``"10.3.0+cuda12"`` -> ``(10, 3, 0)`` (digits inside a suffix are not version parts)."""
+    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", str(text))
+    if match is None:
         raise ValueError(f"not a version: {text!r}")
-    return tuple(numbers)
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(str(part) for part in version)
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,7 @@ class EngineInfo:
     outputs: str = "raw"  # "raw" (loc, conf) or "detections"
     version_compatible: bool = False
     hardware_compatibility: str = "none"
+    tf32: bool = False  # whether float32 layers were allowed TF32 (BuilderFlag.TF32)
     assd_version: str = ""
     built_at: str = ""
     class_names: list[str] = field(default_factory=list)
@@ -103,20 +121,58 @@ def check_compatible(info: EngineInfo, tensorrt_version: str, compute_capability
     """Refuse (UserError, one line) an engine this TensorRT version or this GPU cannot run."""
     built, here = parse_version(info.tensorrt_version), parse_version(tensorrt_version)
     if info.version_compatible:
+        # "engines built with newer versions do not work with older runtimes"; across majors only the
+        # pairs in CROSS_MAJOR_VERSION_COMPATIBLE.
         if here < built:
-            raise UserError(f"{engine}: built version-compatible with TensorRT {info.tensorrt_version}, which "
-                            f"runs on that version or newer; this machine has TensorRT {tensorrt_version}: "
-                            "upgrade TensorRT or rebuild the engine here")
+            raise UserError(f"{engine}: built version-compatible with TensorRT {info.tensorrt_version}, which runs "
+                            f"on that version or newer; this machine has TensorRT {tensorrt_version}: upgrade "
+                            "TensorRT or rebuild the engine here")
+        if here[0] != built[0] and (built[0], here[0]) not in CROSS_MAJOR_VERSION_COMPATIBLE:
+            raise UserError(f"{engine}: built version-compatible with TensorRT {info.tensorrt_version}; TensorRT "
+                            f"{here[0]} cannot run TensorRT {built[0]} engines (NVIDIA supports only 8 -> 10 and "
+                            "10 -> 11 across major versions): rebuild it here with 'assd build-engine'")
     elif here != built:
+        # "By default, TensorRT engines are compatible only with the version of TensorRT used to build them."
         raise UserError(f"{engine}: built with TensorRT {info.tensorrt_version}, this machine has TensorRT "
                         f"{tensorrt_version}: rebuild it here with 'assd build-engine' (or build it with "
                         "--version-compatible)")
-    built_cc = parse_version(info.compute_capability)[:2]
+    capability = tuple(compute_capability)
+    here_cc = f"{capability[0]}.{capability[1]}"
     if info.hardware_compatibility == "ampere+":
-        if compute_capability < (8, 0):
+        if capability < (8, 0):
             raise UserError(f"{engine}: built for Ampere or newer GPUs (compute capability >= 8.0); this GPU "
-                            f"({gpu_name}) is {compute_capability[0]}.{compute_capability[1]}: rebuild it here")
-    elif tuple(compute_capability) != built_cc:
+                            f"({gpu_name}) is {here_cc}: rebuild it here")
+        return
+    if capability != parse_version(info.compute_capability)[:2]:
         raise UserError(f"{engine}: built for compute capability {info.compute_capability} ({info.gpu_name}); "
-                        f"this GPU ({gpu_name}) is {compute_capability[0]}.{compute_capability[1]}: rebuild it "
-                        "on this GPU with 'assd build-engine' (or build it with --hardware-compat ampere+)")
+                        f"this GPU ({gpu_name}) is {here_cc}: rebuild it on this GPU with 'assd build-engine' "
+                        "(or build it with --hardware-compat ampere+)")
+    if info.hardware_compatibility == "none" and gpu_name != info.gpu_name:
+        # Without hardware compatibility "serialized engines are not portable across devices" (support
+        # matrix): the same compute capability is not enough, the engine is for that GPU model.
+        raise UserError(f"{engine}: built for the {info.gpu_name}; this GPU is a {gpu_name} (same compute "
+                        f"capability {here_cc}, another model): rebuild it here with 'assd build-engine' (or build "
+                        "it with --hardware-compat same-cc)")
+
+
+def check_build_target(hardware_compat: str, version_compatible: bool, tensorrt_version: str,
+                       compute_capability: tuple[int, int], gpu_name: str) -> None:
+    """Refuse (UserError, one line) a build this TensorRT or this GPU does not support."""
+    version = parse_version(tensorrt_version)
+    if version[:2] < OLDEST_TENSORRT:
+        raise UserError(f"TensorRT {tensorrt_version} is too old: assd builds and runs engines with TensorRT 10 "
+                        "or 11: upgrade TensorRT")
+    if hardware_compat != "none":
+        needed_trt, needed_gpu = HARDWARE_COMPAT_TENSORRT[hardware_compat], HARDWARE_COMPAT_BUILD_GPU[hardware_compat]
+        if version < needed_trt:
+            raise UserError(f"--hardware-compat {hardware_compat} needs TensorRT {_dotted(needed_trt)} or newer; this "
+                            f"machine has {tensorrt_version}: upgrade TensorRT or use --hardware-compat "
+                            f"{'ampere+' if hardware_compat == 'same-cc' else 'none'}")
+        if tuple(compute_capability) < needed_gpu:
+            raise UserError(f"--hardware-compat {hardware_compat} must be built on a GPU of compute capability "
+                            f">= {_dotted(needed_gpu)}; this GPU ({gpu_name}) is {compute_capability[0]}."
+                            f"{compute_capability[1]}: build it on a newer GPU or use --hardware-compat none")
+    # BuilderFlag::kVERSION_COMPATIBLE "is only supported by NVIDIA Volta and later GPUs" (NvInfer.h).
+    if version_compatible and tuple(compute_capability) < (7, 0):
+        raise UserError(f"--version-compatible needs a GPU of compute capability >= 7.0; this GPU ({gpu_name}) is "
+                        f"{compute_capability[0]}.{compute_capability[1]}")

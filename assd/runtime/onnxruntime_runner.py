@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -9,9 +11,27 @@ from assd.errors import UserError
 from assd.runtime.base import Runner
 from assd.runtime.metadata import read_metadata
 
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "tensorrt": "TensorrtExecutionProvider"}
+BACKENDS = {"TensorrtExecutionProvider": "onnxruntime-trt", "CUDAExecutionProvider": "onnxruntime-cuda",
+            "CPUExecutionProvider": "onnxruntime"}
+logger = logging.getLogger("assd.runtime")
+
+
+def requested_providers(provider: str) -> list[str]:
+    """The providers to ask ONNX Runtime for, by priority: a node runs on the first one that takes it
+    (TensorRT, then CUDA for what TensorRT does not take, then CPU)."""
+    chain = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[provider]
+    return [PROVIDER_NAMES[name] for name in chain]
+
 
 class OnnxRuntimeRunner(Runner):
-    """ONNX Runtime on CPU, or with the CUDA / TensorRT execution providers when asked and available."""
+    """ONNX Runtime on CPU, or with the CUDA / TensorRT execution providers when asked and available.
+
+    ``backend`` names the provider the session actually uses (``session.get_providers()``): ONNX
+    Runtime falls back silently when a provider fails to load (e.g. TensorRT libraries missing), and a
+    fallback is said once.
+    """
 
     backend = "onnxruntime"
 
@@ -19,44 +39,56 @@ class OnnxRuntimeRunner(Runner):
         super().__init__()
         import onnxruntime as ort
 
+        from assd.runtime.postprocess import PostprocessConfig
+
         metadata = read_metadata(path)
-        if metadata.outputs != "raw":
-            raise UserError(f"{path}: exported --with-postprocess; runners need the raw (loc, conf) "
-                            "outputs: export without --with-postprocess for bench/eval-engine")
         self.artifact, self.cfg, self.precision = str(path), metadata.model_config, metadata.precision
-        self.postprocess, self.max_batch = metadata.postprocess, metadata.fixed_batch
-        providers = self._providers(ort, device, provider)
+        self.postprocess, self.max_batch, self.outputs = metadata.postprocess, metadata.fixed_batch, metadata.outputs
+        self.exported_postprocess = PostprocessConfig.from_dict(metadata.postprocess)
+        requested = requested_providers(self._provider(ort, device, provider))
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
         except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable": reported as one line
             raise UserError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
-        self.device = torch.device("cuda") if providers[0] != "CPUExecutionProvider" else torch.device("cpu")
-        self.providers = self.session.get_providers()
-        if providers[0] == "TensorrtExecutionProvider":
-            self.backend = "onnxruntime-trt"
-        elif providers[0] == "CUDAExecutionProvider":
-            self.backend = "onnxruntime-cuda"
+        self.providers = list(self.session.get_providers())
+        self.backend = BACKENDS.get(self.providers[0], self.providers[0])
+        if self.providers[0] != requested[0]:
+            logger.warning("%s: ONNX Runtime could not use %s and runs on %s instead", path, requested[0],
+                           self.providers[0])
+        self.device = torch.device("cpu") if self.providers[0] == "CPUExecutionProvider" else torch.device("cuda")
 
     @staticmethod
-    def _providers(ort, device: torch.device, provider: str | None) -> list[str]:
+    def _provider(ort, device: torch.device, provider: str | None) -> str:
         if provider in (None, "auto"):
             provider = "cuda" if device.type == "cuda" else "cpu"
-        names = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                 "tensorrt": "TensorrtExecutionProvider"}
-        if provider not in names:
+        if provider not in PROVIDER_NAMES:
             raise UserError(f"unknown ONNX Runtime provider '{provider}': use cpu, cuda or tensorrt")
         if provider != "cpu" and not torch.cuda.is_available():
             raise UserError(f"ONNX Runtime provider '{provider}' needs a CUDA GPU; none is available: use cpu")
-        if names[provider] not in ort.get_available_providers():
-            raise UserError(f"this onnxruntime build has no {names[provider]}: install onnxruntime-gpu")
-        return [names[provider], "CPUExecutionProvider"] if provider != "cpu" else ["CPUExecutionProvider"]
+        if PROVIDER_NAMES[provider] not in ort.get_available_providers():
+            raise UserError(f"this onnxruntime build has no {PROVIDER_NAMES[provider]}: install onnxruntime-gpu "
+                            "(>= 1.27 for TensorRT 11)")
+        return provider
 
-    def infer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, images: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
         self.check_batch(images.shape[0])
         feed = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy())}
-        loc, conf = self.session.run(["loc", "conf"], feed)
-        return torch.from_numpy(loc).to(self.device), torch.from_numpy(conf).to(self.device)
+        return [torch.from_numpy(array).to(self.device) for array in self.session.run(names, feed)]
+
+    def infer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.outputs != "raw":
+            self.refuse_raw_outputs()
+        loc, conf = self._run(images, ["loc", "conf"])
+        return loc, conf
+
+    def infer_detections(self, images: torch.Tensor):
+        from assd.runtime.padded import DETECTION_OUTPUTS, PaddedDetections
+
+        if self.outputs != "detections":
+            return super().infer_detections(images)
+        boxes, scores, classes, count = self._run(images, list(DETECTION_OUTPUTS))
+        return PaddedDetections(boxes, scores, classes, count, self.exported_postprocess, self.artifact)

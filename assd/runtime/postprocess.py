@@ -2,7 +2,8 @@
 
 ``postprocess(loc, conf, priors_cxcywh, variances, cfg)`` decodes the offsets against the priors
 (``assd.models.box_coding.decode``), turns the logits into softmax scores and, per image and class,
-keeps the ``top_k`` best-scoring anchors above ``score_threshold``, runs NMS at ``nms_iou`` and keeps
+keeps the ``top_k`` best-scoring anchors above ``score_threshold`` (and per image the
+``MAX_NMS_CANDIDATES`` best of those), runs NMS at ``nms_iou`` and keeps
 the ``max_detections`` best of what survives in the image (the SSD recipe). The whole batch goes
 through one ``torchvision.ops.batched_nms`` call (groups = image x class) on the tensors' device; only
 the final detections are copied to the CPU. Boxes are not clipped before NMS (as SSD);
@@ -24,6 +25,12 @@ from torchvision.ops import batched_nms
 from assd.errors import UserError
 from assd.models.box_coding import decode
 from assd.models.config import ModelConfig
+
+# Candidates per image that enter NMS, at most: TensorRT's NMS layer considers only the 5000 best boxes
+# per image ("a hardware-dependent limit K ... 5000", include/NvInfer.h, INMSLayer) and its TopK layer
+# takes K <= 3840 ("Currently only values of K up to 3840 are supported", ITopKLayer::setK), so the
+# --with-postprocess graph (assd.export.nms_graph) caps at 3840 and every backend caps alike.
+MAX_NMS_CANDIDATES = 3840
 
 
 @dataclass(frozen=True)
@@ -138,12 +145,18 @@ def postprocess(
     scores = torch.softmax(conf.float(), dim=-1)[..., 1:]  # [B, A, K], K = C - 1 foreground classes
     foreground = num_classes - 1
 
-    # top_k candidates per (image, class), then the score threshold: the same set as threshold-then-top_k.
-    k = min(cfg.top_k, num_anchors)
+    # top_k candidates per (image, class), then the score threshold: the same set as threshold-then-top_k;
+    # then the MAX_NMS_CANDIDATES best per image (the cap the --with-postprocess graph applies too).
+    k = min(cfg.top_k, num_anchors, MAX_NMS_CANDIDATES)
     cand_scores, cand_anchors = scores.transpose(1, 2).topk(k, dim=2)  # [B, K, k]
-    image_idx, class_idx, slot = torch.nonzero(cand_scores > cfg.score_threshold, as_tuple=True)
-    cand_scores = cand_scores[image_idx, class_idx, slot]
-    cand_boxes = boxes[image_idx, cand_anchors[image_idx, class_idx, slot]]
+    cand_scores, slots = cand_scores.reshape(batch, -1), torch.arange(foreground * k, device=device).expand(batch, -1)
+    if foreground * k > MAX_NMS_CANDIDATES:
+        cand_scores, slots = cand_scores.topk(MAX_NMS_CANDIDATES, dim=1)  # [B, MAX_NMS_CANDIDATES]
+    image_idx, column = torch.nonzero(cand_scores > cfg.score_threshold, as_tuple=True)
+    slot = slots[image_idx, column]
+    class_idx = slot // k
+    cand_scores = cand_scores[image_idx, column]
+    cand_boxes = boxes[image_idx, cand_anchors.reshape(batch, -1)[image_idx, slot]]
     # float64: batched_nms offsets each group's boxes by group * (max coordinate + 1); in float32 that
     # costs small normalized boxes ~1e-4 of precision once there are hundreds of groups.
     kept = batched_nms(cand_boxes.double(), cand_scores.double(), image_idx * foreground + class_idx, cfg.nms_iou)

@@ -1,10 +1,14 @@
 """``TensorRTRunner``: a serialized TensorRT engine (from ``assd build-engine``) as a ``Runner``.
 
-I/O are torch CUDA tensors bound by address (``set_tensor_address``) and the engine runs with
-``execute_async_v3`` on a dedicated torch CUDA stream, ordered with the caller's stream both ways (no
-pycuda). Optionally each batch size is captured once into a CUDA graph and replayed. Before anything
-is loaded, the engine's sidecar (``model.engine.json``) is checked against this machine's TensorRT
-version and GPU compute capability; the batch limits come from the sidecar too.
+Before anything is loaded, the engine's sidecar (``model.engine.json``) is checked against this
+machine's TensorRT version and GPU (``engine_info.check_compatible``); after loading, the engine's own
+I/O tensors and optimization profile are checked against the sidecar, and every input against the
+engine before it is bound, each failure one line. Execution (binding by address, the dedicated stream,
+CUDA graphs) follows ``IExecutionContext``'s contract in ``tensorrt_execution``.
+
+A batch smaller than the profile's minimum (the last batch of a data set) is padded up to it with
+copies of its last image, and the padding is dropped from the outputs. An engine built from an ONNX
+exported ``--with-postprocess`` runs too: ``infer_detections`` returns its padded detections.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from pathlib import Path
 import torch
 
 from assd.errors import UserError
+from assd.runtime import tensorrt_execution
 from assd.runtime.base import Runner
 from assd.runtime.engine_info import EngineInfo, check_compatible, read_engine_info
+from assd.runtime.tensorrt_execution import EngineExecutor
 from assd.runtime.tensorrt_support import import_tensorrt, require_tensorrt
 
-INPUT_NAME, OUTPUT_NAMES = "images", ("loc", "conf")
+INPUT_NAME = "images"
+OUTPUT_NAMES = {"raw": ("loc", "conf"), "detections": ("boxes", "scores", "classes", "count")}
 
 
 def torch_dtype(trt, data_type) -> torch.dtype:
@@ -47,91 +54,92 @@ class TensorRTRunner(Runner):
 
     def __init__(self, path: str, device: torch.device | str | None = None, cuda_graph: bool = False):
         super().__init__()
+        from assd.runtime.postprocess import PostprocessConfig
+
         info = read_engine_info(path)
-        if info.outputs != "raw":
-            raise UserError(f"{path}: built from an ONNX exported --with-postprocess; runners need the raw "
-                            "(loc, conf) outputs: build the engine from an export without --with-postprocess")
         require_tensorrt(f"{path}: running a TensorRT engine")
         self.device = engine_device(path, device)
         trt = import_tensorrt(f"{path}: running a TensorRT engine")
-        check_compatible(info, trt.__version__, torch.cuda.get_device_capability(self.device),
-                         torch.cuda.get_device_name(self.device), engine=str(path))
-        self.info, self.artifact, self.cfg = info, str(path), info.config
+        cuda = tensorrt_execution.cuda
+        check_compatible(info, trt.__version__, cuda.get_device_capability(self.device),
+                         cuda.get_device_name(self.device), engine=str(path))
+        self.info, self.artifact, self.cfg, self.outputs = info, str(path), info.config, info.outputs
         self.precision, self.postprocess = info.precision, info.postprocess
+        self.exported_postprocess = PostprocessConfig.from_dict(info.postprocess)
         self.min_batch, self.max_batch = info.batch_min, info.batch_max
-        self.cuda_graph, self.graphs = cuda_graph, {}
-        with torch.cuda.device(self.device):
-            self._load(trt, path, info)
-            self.stream = torch.cuda.Stream(self.device)
+        self.cuda_graph = cuda_graph
+        with cuda.device(self.device):
+            engine, dtypes = self._load(trt, path, info)
+            self.executor = EngineExecutor(trt, engine, self.device, INPUT_NAME, OUTPUT_NAMES[info.outputs], dtypes,
+                                           self.artifact, cuda_graph=cuda_graph)
+        self.input_dtype = dtypes[INPUT_NAME]
 
-    def _load(self, trt, path: str, info: EngineInfo) -> None:
+    def _load(self, trt, path: str, info: EngineInfo):
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         if info.version_compatible:
             self.runtime.engine_host_code_allowed = True  # the plan embeds its own (lean) runtime
-        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
-        if self.engine is None:
-            raise UserError(f"{path}: TensorRT could not deserialize the engine (see its message above): "
-                            "rebuild it with 'assd build-engine'")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        if INPUT_NAME not in names or not set(OUTPUT_NAMES) <= set(names):
-            raise UserError(f"{path}: engine tensors are {names}, expected '{INPUT_NAME}' -> loc, conf: rebuild it "
-                            "from an 'assd export --onnx' file")
-        self.dtypes = {name: torch_dtype(trt, self.engine.get_tensor_dtype(name)) for name in names}
+        engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if engine is None:  # "the ICudaEngine, or None if it could not be deserialized"
+            raise UserError(f"{path}: TensorRT could not deserialize the engine (corrupt, or built by another "
+                            "TensorRT/GPU; see its message above): rebuild it with 'assd build-engine'")
+        self.engine = engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        expected = (INPUT_NAME, *OUTPUT_NAMES[info.outputs])
+        if sorted(names) != sorted(expected):
+            raise UserError(f"{path}: engine tensors are {names}, its sidecar says {list(expected)}: the sidecar "
+                            "belongs to another engine: rebuild it with 'assd build-engine'")
+        profile = [tuple(shape) for shape in engine.get_tensor_profile_shape(INPUT_NAME, 0)]  # min, opt, max
+        wanted = [(batch, *info.input_shape) for batch in (info.batch_min, info.batch_opt, info.batch_max)]
+        if profile != wanted:
+            raise UserError(f"{path}: the engine's input profile is {profile}, its sidecar says {wanted}: the "
+                            "sidecar belongs to another engine: rebuild it with 'assd build-engine'")
+        return engine, {name: torch_dtype(trt, engine.get_tensor_dtype(name)) for name in names}
 
     def check_batch(self, batch: int) -> None:
-        if not self.min_batch <= batch <= self.max_batch:
-            raise UserError(f"{self.artifact}: batch {batch} is outside the engine's range {self.min_batch}.."
-                            f"{self.max_batch}: use a batch in that range or rebuild with --batch MIN:OPT:MAX")
+        """Batches above the profile's maximum are refused; smaller than its minimum are padded."""
+        if not 1 <= batch <= self.max_batch:
+            raise UserError(f"{self.artifact}: batch {batch} is outside the engine's range 1..{self.max_batch} "
+                            f"(profile {self.min_batch}:{self.info.batch_opt}:{self.max_batch}): use a batch in "
+                            "that range or rebuild with --batch MIN:OPT:MAX")
 
-    def _bind(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Set the input shape and every I/O address; returns the freshly allocated outputs."""
-        self.context.set_input_shape(INPUT_NAME, tuple(images.shape))
-        self.context.set_tensor_address(INPUT_NAME, images.data_ptr())
-        outputs = {}
-        for name in OUTPUT_NAMES:
-            shape = tuple(self.context.get_tensor_shape(name))
-            outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-            self.context.set_tensor_address(name, outputs[name].data_ptr())
-        return outputs
-
-    def _execute(self) -> None:
-        caller = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(caller)  # inputs written on the caller's stream
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise UserError(f"{self.artifact}: TensorRT execution failed (see its message above)")
-        caller.wait_stream(self.stream)  # outputs read on the caller's stream
-
-    def _captured(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Replay (capturing it first) the CUDA graph of this batch size; outputs are static buffers."""
-        batch = images.shape[0]
-        if batch not in self.graphs:
-            static_input = images.clone()
-            outputs = self._bind(static_input)
-            self._execute()  # TensorRT needs one run after a shape change before capture
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-                self.context.execute_async_v3(self.stream.cuda_stream)
-            self.graphs[batch] = (graph, static_input, outputs)
-        graph, static_input, outputs = self.graphs[batch]
-        static_input.copy_(images)
-        graph.replay()  # on the caller's stream: ordered after the copy
-        return outputs
+    def _check_images(self, images: torch.Tensor) -> None:
+        expected = tuple(self.info.input_shape)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise UserError(f"{self.artifact}: input of shape {tuple(images.shape)}; the engine takes "
+                            f"[B, {', '.join(map(str, expected))}] images: pre-process them with "
+                            "assd.runtime.preprocess.preprocess")
+        self.check_batch(images.shape[0])
 
     @torch.no_grad()
+    def _run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Outputs of the engine for ``images`` (padded to the profile's minimum batch and back)."""
+        self._check_images(images)
+        batch = images.shape[0]
+        images = images.to(self.device, self.input_dtype, non_blocking=True)
+        if batch < self.min_batch:
+            padding = images[-1:].expand(self.min_batch - batch, *images.shape[1:])
+            images = torch.cat([images, padding])
+        with tensorrt_execution.cuda.device(self.device):
+            outputs = self.executor.run(images.contiguous())
+        return {name: tensor[:batch] for name, tensor in outputs.items()}
+
     def infer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.check_batch(images.shape[0])
-        images = images.to(self.device, self.dtypes[INPUT_NAME], non_blocking=True).contiguous()
-        with torch.cuda.device(self.device):
-            if self.cuda_graph:
-                outputs = self._captured(images)
-                return outputs["loc"].float().clone(), outputs["conf"].float().clone()
-            outputs = self._bind(images)
-            self._execute()
+        if self.outputs != "raw":
+            self.refuse_raw_outputs()
+        outputs = self._run(images)
         return outputs["loc"].float(), outputs["conf"].float()
+
+    def infer_detections(self, images: torch.Tensor):
+        from assd.runtime.padded import PaddedDetections
+
+        if self.outputs != "detections":
+            return super().infer_detections(images)
+        outputs = self._run(images)
+        return PaddedDetections(outputs["boxes"], outputs["scores"], outputs["classes"], outputs["count"],
+                                self.exported_postprocess, self.artifact)
 
     def describe(self) -> dict:
         return {**super().describe(), "tensorrt_version": self.info.tensorrt_version, "cuda_graph": self.cuda_graph,
-                "min_batch": self.min_batch, "compute_capability": self.info.compute_capability}
+                "min_batch": self.min_batch, "compute_capability": self.info.compute_capability,
+                "tf32": self.info.tf32}
