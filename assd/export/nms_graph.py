@@ -5,8 +5,12 @@ Written as ONNX nodes (onnx.helper) because no exporter maps torchvision's NMS t
 
     boxes   [B, K, 4] float32  xyxy normalized to [0, 1]
     scores  [B, K]    float32  descending per image, 0 where padded
-    classes [B, K]    int64    1..C-1, 0 where padded
+    classes [B, K]    int64    1..C-1 (or ``conventions.label_ids``' ids), 0 where padded
     count   [B]       int64    number of valid rows per image
+
+The model's conventions apply as in ``assd.runtime.postprocess.detect``: the decode clamp on the size
+exponent, clipping to [0, 1] before NMS, and the label-id map; without a per-image cap
+(``max_detections=None``) K is ``top_k * (C - 1)``.
 
 Semantics differ from ``assd.runtime.postprocess`` in one respect: ONNX NMS caps the boxes kept per
 class *after* suppression (``top_k``), where the torch path caps the candidates *before* it. Both keep
@@ -53,8 +57,14 @@ def _decode(b: _Builder, loc: str, cfg: ModelConfig) -> str:
     loc_wh = b.op("Slice", [loc, two, four, axis])
     center = b.op("Add", [prior_xy, b.op("Mul", [loc_xy, prior_wh_scaled])])
     scaled = b.op("Mul", [loc_wh, b.const("v_size", np.array(v_size, np.float32))])
+    if cfg.conventions.decode_clamp is not None:
+        scaled = b.op("Min", [scaled, b.const("decode_clamp", np.array(cfg.conventions.decode_clamp, np.float32))])
     half_size = b.op("Mul", [b.op("Mul", [prior_wh, b.op("Exp", [scaled])]), b.const("half", np.array(0.5, np.float32))])
-    return b.op("Concat", [b.op("Sub", [center, half_size]), b.op("Add", [center, half_size])], axis=-1)
+    boxes = b.op("Concat", [b.op("Sub", [center, half_size]), b.op("Add", [center, half_size])], axis=-1)
+    if cfg.conventions.clip_before_nms:
+        boxes = b.op("Clip", [boxes, b.const("box_min", np.array(0.0, np.float32)),
+                              b.const("box_max", np.array(1.0, np.float32))])
+    return boxes
 
 
 def append_postprocess(proto: onnx.ModelProto, cfg: ModelConfig, pp) -> onnx.ModelProto:
@@ -76,7 +86,8 @@ def append_postprocess(proto: onnx.ModelProto, cfg: ModelConfig, pp) -> onnx.Mod
     box_index = b.op("Gather", [selected, b.const("col02", np.array([0, 2], np.int64))], axis=1)  # [K, 2]
     selected_scores = b.op("GatherND", [scores_bca, selected])  # [K]
     selected_boxes = b.op("GatherND", [boxes, box_index])  # [K, 4]
-    labels = b.op("Add", [class_index, b.const("one", np.array(1, np.int64))])
+    label_ids = cfg.conventions.label_ids or range(1, cfg.num_classes)
+    labels = b.op("Gather", [b.const("label_ids", np.array(label_ids, np.int64)), class_index], axis=0)
 
     # Per image: the K' = min(K, max_detections) best rows, by a [B, K] score matrix masked by image.
     batch_size = b.op("Gather", [b.op("Shape", ["images"]), b.const("s0", np.array(0, np.int64))])
@@ -86,7 +97,8 @@ def append_postprocess(proto: onnx.ModelProto, cfg: ModelConfig, pp) -> onnx.Mod
                                 b.op("Unsqueeze", [batch_index, b.const("ax0", np.array([0], np.int64))])])
     minus_one = b.const("minus_one", np.array(-1.0, np.float32))
     masked = b.op("Where", [same_image, b.op("Unsqueeze", [selected_scores, "pp/ax0"]), minus_one])  # [B, K]
-    k = b.op("Min", [b.op("Shape", [selected_scores]), b.const("max_det", np.array([pp.max_detections], np.int64))])
+    k_out = pp.max_per_image(cfg.num_classes)
+    k = b.op("Min", [b.op("Shape", [selected_scores]), b.const("max_det", np.array([k_out], np.int64))])
     top_scores, top_index = b.op("TopK", [masked, k], n_outputs=2, axis=1, largest=1, sorted=1)  # [B, K']
     valid = b.op("Greater", [top_scores, b.const("minus_half", np.array(-0.5, np.float32))])
     zero_f, zero_i = b.const("zero_f", np.array(0.0, np.float32)), b.const("zero_i", np.array(0, np.int64))
@@ -104,7 +116,6 @@ def append_postprocess(proto: onnx.ModelProto, cfg: ModelConfig, pp) -> onnx.Mod
     for name, tensor in named.items():
         graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"pp/out_{name}"))
     del graph.output[:]
-    k_out = pp.max_detections
     graph.output.extend([
         helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", k_out, 4]),
         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", k_out]),
