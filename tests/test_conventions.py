@@ -58,6 +58,17 @@ def test_existing_presets_keep_todays_behaviour():
     assert PostprocessConfig.for_model(get_config("assd-mini")) == PostprocessConfig()
 
 
+def test_conversion_presets_have_their_references_parameter_counts():
+    from torchvision.models.detection import SSD300_VGG16_Weights
+
+    with torch.device("meta"):
+        ssd300, authors = ASSD(get_config("ssd300-coco")), ASSD(get_config("assd513-authors"))
+    assert sum(p.numel() for p in ssd300.parameters()) == SSD300_VGG16_Weights.COCO_V1.meta["num_params"]
+    assert sum(p.numel() for p in authors.parameters()) == 67_546_820  # assd513's: the same network
+    assert get_config("ssd300-coco").class_names[:3] == ("person", "bicycle", "car")
+    assert get_config("ssd300-coco", num_classes=21).conventions.label_ids is None
+
+
 def test_ssd300_coco_priors_equal_torchvision_default_boxes():
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
     from torchvision.models.detection.image_list import ImageList
@@ -220,13 +231,13 @@ def test_with_postprocess_graph_honours_the_conventions(conventions_model, tmp_p
     with torch.no_grad():
         expected = detect(*conventions_model(images), conventions_model.cfg, pp)
     assert sum(len(dets) for dets in expected) > 20
-    label_ids = np.array((0, 7, 3, 12))
     for index, dets in enumerate(expected):
         n = int(count[index])
         assert n == len(dets) and set(classes[index, :n]) <= {7, 3, 12}
         assert dets.boxes.min() >= 0 and dets.boxes.max() <= 1 and (dets.boxes[:, 2] == 1).any()
         graph = Detections(boxes[index, :n], scores[index, :n], classes[index, :n])
-        assert count_matches(dets.relabel(label_ids), graph, box_tolerance=1e-5, score_tolerance=1e-5) == n
+        reference = dets.with_label_ids(conventions_model.cfg)
+        assert count_matches(reference, graph, box_tolerance=1e-5, score_tolerance=1e-5) == n
 
 
 def test_fp16_graph_keeps_the_l2_norm_in_fp32(conventions_model, tmp_path):

@@ -31,8 +31,8 @@ FUSION_PARTS = {"bn": "fusion_bn", "project": "fusion_conv"}
 YX_TO_XY = [1, 0, 3, 2]  # our loc channel j holds their channel YX_TO_XY[j]
 
 
-def source_key(key: str) -> str:
-    """The authors' name of the assd state_dict key ``key``."""
+def source_key(key: str) -> str | None:
+    """The authors' name of the assd state_dict key ``key`` (None: their network has none)."""
     if key.startswith("backbone."):
         return key[len("backbone."):]
     if match := re.fullmatch(r"extras\.(\d+)\.(\d+)\.(.+)", key):
@@ -46,7 +46,7 @@ def source_key(key: str) -> str:
         return f"att_layers.{match.group(1)}.{ATTENTION_CONVS[match.group(2)]}.{match.group(3)}"
     if match := re.fullmatch(r"(loc|conf)_heads\.(.+)", key):
         return f"{'locs' if match.group(1) == 'loc' else 'conf'}_layers.{match.group(2)}"
-    return f"(no ASSD-Pytorch counterpart for {key})"
+    return None
 
 
 def swap_loc_channels(tensor: torch.Tensor) -> torch.Tensor:

@@ -52,27 +52,30 @@ def read_state_dict(path: str | os.PathLike, expected: str) -> dict[str, torch.T
     return data
 
 
-def load_mapped(model: nn.Module, source: dict[str, torch.Tensor], source_key_of: Callable[[str], str],
+def load_mapped(model: nn.Module, source: dict[str, torch.Tensor], source_key_of: Callable[[str], str | None],
                 where: str, what: str,
                 adapt: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> None:
     """Fill every tensor of ``model`` from ``source`` (see the module docstring).
 
     Args:
-        source_key_of: the source's name of each of the model's state_dict keys (a one-to-one map).
+        source_key_of: the source's name of each of the model's state_dict keys (one-to-one), ``None``
+            for a tensor the source implementation does not have (a wrong ``--model``).
         where, what: the file and what it should be, for the errors.
         adapt: ``(model_key, tensor) -> tensor`` for layout changes (e.g. permuted loc channels).
     """
     target = model.state_dict()
-    name_of = {source_key_of(key): key for key in target}
-    if len(name_of) != len(target):
+    pairs = {key: source_key_of(key) for key in target}
+    name_of = {name: key for key, name in pairs.items() if name is not None}
+    if len(name_of) != sum(name is not None for name in pairs.values()):
         raise ValueError("source_key_of maps two assd tensors onto one source tensor")
+    orphans = [key for key, name in pairs.items() if name is None]
     missing = [name for name in name_of if name not in source and not name.endswith(OPTIONAL_SUFFIX)]
     unexpected = [name for name in source if name not in name_of]
-    if missing or unexpected:
-        parts = ([f"missing {_show(missing)}"] if missing else []) + (
-            [f"unexpected {_show(unexpected)}"] if unexpected else [])
-        raise UserError(f"{where}: not {what}: {'; '.join(parts)} tensor(s): convert the file it names "
-                        "with the matching --from/--model")
+    problems = [f"{label} {_show(keys)}" for label, keys in [
+        ("missing", missing), ("unexpected", unexpected), ("no counterpart for the network's", orphans)] if keys]
+    if problems:
+        raise UserError(f"{where}: not {what}: {'; '.join(problems)} tensor(s): pass the --from that matches "
+                        "the file, with the default --model")
     mapped = {}
     for name, key in name_of.items():
         if name not in source:  # an old file without BatchNorm's batch counter
@@ -81,7 +84,8 @@ def load_mapped(model: nn.Module, source: dict[str, torch.Tensor], source_key_of
         tensor = adapt(key, source[name]) if adapt is not None else source[name]
         if tensor.shape != target[key].shape:
             raise UserError(f"{where}: tensor {name} has shape {tuple(source[name].shape)}, {what} has "
-                            f"{tuple(target[key].shape)} there: convert the file with the matching --from/--model")
+                            f"{tuple(target[key].shape)} there: pass the --from that matches the file, with the "
+                            "default --model")
         mapped[key] = tensor.to(target[key].dtype)
     model.load_state_dict(mapped, strict=True)
 

@@ -23,8 +23,8 @@ DEFAULT_MODEL = "ssd300-coco"
 CLASS_HEAD = "head.classification_head.module_list.0.weight"
 
 
-def source_key(key: str) -> str:
-    """torchvision's name of the assd ``ssd300-coco`` state_dict key ``key``."""
+def source_key(key: str) -> str | None:
+    """torchvision's name of the assd ``ssd300-coco`` state_dict key ``key`` (None: it has none)."""
     if key == "l2norm.weight":
         return "backbone.scale_weight"
     if match := re.fullmatch(r"backbone\.features\.(\d+)\.(\w+)", key):
@@ -39,5 +39,5 @@ def source_key(key: str) -> str:
     if match := re.fullmatch(r"(loc|conf)_heads\.(.+)", key):
         head = "regression_head" if match.group(1) == "loc" else "classification_head"
         return f"head.{head}.module_list.{match.group(2)}"
-    return f"(no torchvision counterpart for {key})"
+    return None
 

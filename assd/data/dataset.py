@@ -121,7 +121,8 @@ class DetectionDataset(Dataset):
                  *, skipped: Sequence[tuple[str, str]] = (), dropped_boxes: Sequence[tuple[str, str]] = (),
                  train: bool = False, input_size: int | None = None,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 channel_order: str = "rgb", coco_category_ids: Sequence[int] | None = None, coco_annotation_file: str | None = None):
+                 channel_order: str = "rgb", coco_category_ids: Sequence[int] | None = None,
+                 coco_annotation_file: str | None = None):
         self.name = name
         self.source = source
         self.class_names = tuple(class_names)

@@ -128,6 +128,12 @@ class Detections:
         keep = labels > 0
         return Detections(self.boxes[keep], self.scores[keep], labels[keep])
 
+    def with_label_ids(self, model_cfg: ModelConfig) -> Detections:
+        """The labels as the model's output ids (``conventions.label_ids``, e.g. COCO category ids), as
+        the ``--with-postprocess`` graph reports them; unchanged for a model without label ids."""
+        label_ids = model_cfg.conventions.label_ids
+        return self if label_ids is None else self.relabel(np.array((0, *label_ids), np.int64))
+
 
 def _as_tensor(array, device: torch.device | None = None) -> torch.Tensor:
     tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.asarray(array))
