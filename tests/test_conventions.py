@@ -146,6 +146,20 @@ def test_preprocess_bgr_reverses_channels_before_mean_std():
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
 
 
+def test_assd513_authors_preprocess_equals_the_authors_cv2_pipeline():
+    import cv2
+
+    cfg = get_config("assd513-authors")
+    rgb = np.random.default_rng(2).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    # transforms.py of github yijingru/ASSD-Pytorch (test phase): cv2's BGR image, ConvertFromInts,
+    # Resize (cv2.resize of the float image), SubtractMeans (/255, RGB ImageNet mean/std on B, G, R).
+    bgr = cv2.resize(rgb[..., ::-1].astype(np.float32), (513, 513)) / 255
+    theirs = (bgr - np.array(cfg.mean, np.float32)) / np.array(cfg.std, np.float32)
+    ours = preprocess([rgb], cfg)[0].permute(1, 2, 0).numpy()
+    # cv2's and torch's half-pixel bilinear differ by float rounding only (<= 0.01 on 0..255 pixels).
+    np.testing.assert_allclose(ours, theirs, atol=2e-4, rtol=0)
+
+
 def test_training_transform_honours_the_channel_order(tmp_path):
     from assd.data import parse_data_spec
 

@@ -4,8 +4,8 @@ Runs on the device given (the runner's device, a GPU when there is one): the ima
 uint8 (4x less traffic than float), then resized and normalized there. Resizing is a plain bilinear
 resize of the float image to the square input (SSD's "warp" resize, as in training), without
 antialiasing: what torchvision's SSD (``GeneralizedRCNNTransform`` with ``fixed_size``) and the ASSD
-authors (``cv2.resize`` of the float image) do too; torchvision normalizes before resizing, which
-differs only by float rounding since both steps are linear. A ``"bgr"`` model
+authors (``cv2.resize`` of the float image) do too, up to float rounding (torchvision normalizes
+before resizing; both steps are linear; docs/models.md has the measured differences). A ``"bgr"`` model
 (``cfg.conventions.channel_order``) gets its channels reversed before normalization.
 """
 
