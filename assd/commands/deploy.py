@@ -15,7 +15,8 @@ from assd.errors import UserError
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--with-postprocess", is_flag=True, help="Decode + NonMaxSuppression inside the graph.")
 @click.option("--attention-op", is_flag=True, help="One ONNX Attention node per map (opset >= 23).")
-@click.option("--max-detections", type=int, default=None, help="Detections kept per image (default 200).")
+@click.option("--max-detections", type=int, default=None,
+              help="Detections kept per image (default: the model's, 200 for assd presets).")
 @click.option("--parity-images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of images for the parity check (default: ../shared/data if present, else synthetic).")
 @click.option("--no-parity", is_flag=True, help="Skip the ONNX Runtime parity check.")

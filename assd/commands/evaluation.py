@@ -7,20 +7,23 @@ import click
 from assd.errors import UserError
 
 
-def _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections):
+def _postprocess_from_options(model_cfg, score_threshold, nms_iou, top_k, max_detections):
+    """The model's post-processing defaults (its conventions' top_k / max_detections) with the options."""
     from assd.runtime.postprocess import PostprocessConfig
 
-    return PostprocessConfig(score_threshold=score_threshold, nms_iou=nms_iou, top_k=top_k,
-                             max_detections=max_detections)
+    return PostprocessConfig.for_model(model_cfg, score_threshold=score_threshold, nms_iou=nms_iou, top_k=top_k,
+                                       max_detections=max_detections)
 
 
 def _postprocess_click_options(score_threshold: float):
     """--score-threshold, --nms-iou, --top-k and --max-detections (post-processing thresholds)."""
     def decorate(command):
-        command = click.option("--max-detections", type=int, default=200, show_default=True,
-                               help="Detections kept per image after NMS.")(command)
-        command = click.option("--top-k", type=int, default=200, show_default=True,
-                               help="Candidates per class entering NMS.")(command)
+        command = click.option("--max-detections", type=int, default=None,
+                               help="Detections kept per image after NMS [default: the model's, 200 for "
+                                    "assd presets].")(command)
+        command = click.option("--top-k", type=int, default=None,
+                               help="Candidates per class entering NMS [default: the model's, 200 for assd "
+                                    "presets].")(command)
         command = click.option("--nms-iou", type=float, default=0.45, show_default=True,
                                help="NMS IoU threshold.")(command)
         return click.option("--score-threshold", type=float, default=score_threshold, show_default=True,
@@ -62,8 +65,8 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
 
         runner = open_runner(model_path, device=device)  # .pt checkpoint, .onnx or .engine
         cfg = runner.cfg
-        check_class_names(cfg.class_names, dataset, model_path)
-        pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
+        check_class_names(cfg, dataset, model_path)
+        pp_cfg = _postprocess_from_options(cfg, score_threshold, nms_iou, top_k, max_detections)
         runner.check_batch(batch_size)
         detections = predict_dataset(runner.infer_outputs, dataset, cfg, pp_cfg, batch_size, runner.device,
                                      progress=True)
@@ -96,8 +99,8 @@ def predict_command(model_path, sources, out_dir, batch_size, device, score_thre
     from assd.runtime.runners import open_runner
 
     paths = collect_images(sources)
-    pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
     runner = open_runner(model_path, device=device)  # .pt checkpoint, .onnx or .engine
+    pp_cfg = _postprocess_from_options(runner.cfg, score_threshold, nms_iou, top_k, max_detections)
     runner.check_batch(batch_size)
     detections = predict_images(runner.infer_outputs, paths, runner.cfg, pp_cfg, runner.device, batch_size)
     json_path = write_predictions(out_dir, paths, detections, runner.cfg.class_names, pp_cfg)

@@ -37,5 +37,9 @@ def info(model, num_classes, as_json):
     for index, ((height, width), channels, per_loc) in enumerate(rows):
         click.echo(f"{index:>4} {f'{height}x{width}':>9} {channels:>9} {per_loc:>12} {height * width * per_loc:>8}")
     click.echo(f"total anchors: {facts['num_anchors']:,}")
+    if facts["conventions"]:
+        label_ids = facts["conventions"].get("label_ids")
+        shown = {**facts["conventions"], **({"label_ids": f"{len(label_ids)} ids"} if label_ids else {})}
+        click.echo("conventions:   " + ", ".join(f"{key}={value}" for key, value in shown.items()))
     click.echo(f"parameters:    {facts['num_params']:,} ({facts['num_params'] / 1e6:.1f}M)")
     click.echo(f"GMACs/image:   {facts['gmacs']:.2f}")

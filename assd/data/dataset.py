@@ -114,14 +114,15 @@ class DetectionDataset(Dataset):
         dropped_boxes: ``(file, reason)`` of each box dropped for having no area inside the image.
         coco_category_ids: COCO only: label k <-> ``coco_category_ids[k - 1]``; else None.
         coco_annotation_file: COCO only: the instances json; else None.
-        train, input_size, mean, std: what the transform does (see ``set_transform``).
+        train, input_size, mean, std, channel_order: what the transform does (see ``set_transform``).
     """
 
     def __init__(self, name: str, source: str, class_names: Sequence[str], records: Sequence[ImageRecord],
                  *, skipped: Sequence[tuple[str, str]] = (), dropped_boxes: Sequence[tuple[str, str]] = (),
                  train: bool = False, input_size: int | None = None,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 coco_category_ids: Sequence[int] | None = None, coco_annotation_file: str | None = None):
+                 channel_order: str = "rgb", coco_category_ids: Sequence[int] | None = None,
+                 coco_annotation_file: str | None = None):
         self.name = name
         self.source = source
         self.class_names = tuple(class_names)
@@ -130,7 +131,7 @@ class DetectionDataset(Dataset):
         self.dropped_boxes = list(dropped_boxes)
         self.coco_category_ids = tuple(coco_category_ids) if coco_category_ids is not None else None
         self.coco_annotation_file = coco_annotation_file
-        self.set_transform(train=train, input_size=input_size, mean=mean, std=std)
+        self.set_transform(train=train, input_size=input_size, mean=mean, std=std, channel_order=channel_order)
 
     @property
     def num_classes(self) -> int:
@@ -142,16 +143,18 @@ class DetectionDataset(Dataset):
         return [record.annotation.image_id for record in self.records]
 
     def set_transform(self, train: bool, input_size: int | None, mean: Sequence[float] = IMAGENET_MEAN,
-                      std: Sequence[float] = IMAGENET_STD) -> None:
+                      std: Sequence[float] = IMAGENET_STD, channel_order: str = "rgb") -> None:
         """Serve SSD-augmented (``train``) or plainly resized samples of side ``input_size`` normalized with
-        ``mean``/``std`` (RGB, for pixels in [0, 1]). ``input_size=None`` keeps the image size (eval only)."""
+        ``mean``/``std`` (per network channel, for pixels in [0, 1]) in ``channel_order`` (``"rgb"`` or
+        ``"bgr"``). ``input_size=None`` keeps the image size (eval only)."""
         if train and input_size is None:
             raise ValueError("training samples need an input_size (the model's square input side)")
         self.train = bool(train)
         self.input_size = input_size
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
-        self.transform = build_transform(self.train, input_size, self.mean, self.std)
+        self.channel_order = channel_order
+        self.transform = build_transform(self.train, input_size, self.mean, self.std, channel_order)
 
     def __len__(self) -> int:
         return len(self.records)

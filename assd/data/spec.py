@@ -43,15 +43,17 @@ def parse_data_spec(spec: str, train: bool = False, input_size: int | None = Non
 
     Args:
         train: serve SSD-augmented samples (needs ``input_size``) instead of plain resized ones.
-        input_size, mean, std: the transform's square side and RGB normalization; default to those of
-            ``config`` (a ``ModelConfig``) when given, else no resize and ImageNet statistics.
+        input_size, mean, std: the transform's square side and normalization; default to those of
+            ``config`` (a ``ModelConfig``, which also gives the channel order) when given, else no resize,
+            ImageNet statistics and RGB.
     """
     if config is not None:
         input_size = config.input_size if input_size is None else input_size
         mean = config.mean if mean is None else mean
         std = config.std if std is None else std
     transform = {"train": train, "input_size": input_size,
-                 "mean": mean if mean is not None else IMAGENET_MEAN, "std": std if std is not None else IMAGENET_STD}
+                 "mean": mean if mean is not None else IMAGENET_MEAN, "std": std if std is not None else IMAGENET_STD,
+                 "channel_order": config.conventions.channel_order if config is not None else "rgb"}
     kind, _, rest = spec.partition(":")
     if kind == "voc":
         root, sets = _split_voc(spec, rest)

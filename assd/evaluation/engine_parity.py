@@ -86,7 +86,7 @@ def eval_engine(artifact: str, data_spec: str, reference: str | None = None, met
         if limit < 1:
             raise UserError(f"--limit {limit}: must be at least 1")
         dataset = FirstImages(dataset, limit)
-    check_class_names(runner.cfg.class_names, dataset, artifact)
+    check_class_names(runner.cfg, dataset, artifact)
     postprocess_cfg = PostprocessConfig.from_dict(runner.postprocess)
     tolerance = TOLERANCE_POINTS.get(runner.precision, 1.0) if tolerance is None else tolerance
     artifact_dets = _predict(runner, dataset, postprocess_cfg, batch_size, progress)

@@ -17,6 +17,7 @@ import torch
 
 from assd.errors import UserError
 from assd.evaluation.coco import coco_evaluate
+from assd.evaluation.results_json import dataset_label_table, label_ids_cover
 from assd.evaluation.voc import voc_average_precisions
 from assd.models.assd import priors_for
 from assd.models.config import ModelConfig
@@ -63,8 +64,14 @@ def default_metric(dataset) -> str:
     return "coco" if getattr(dataset, "coco_category_ids", None) else "voc07"
 
 
-def check_class_names(model_class_names: Sequence[str], dataset, model_source: str = "the model") -> None:
-    """UserError naming both label sets when the model's classes are not the dataset's (same order)."""
+def check_class_names(model_class_names: Sequence[str] | ModelConfig, dataset, model_source: str = "the model") -> None:
+    """UserError naming both label sets when the model's classes are not the dataset's (same order).
+    Given the model's ``ModelConfig``, a model whose label ids cover a COCO dataset's categories passes
+    too (``predict_dataset`` translates its labels; ``results_json.dataset_label_table``)."""
+    if isinstance(model_class_names, ModelConfig):
+        if label_ids_cover(model_class_names, dataset):
+            return
+        model_class_names = model_class_names.class_names
     if tuple(model_class_names) != tuple(dataset.class_names):
         def show(names):
             names = list(names)
@@ -162,7 +169,8 @@ def predict_dataset(
                 loc, conf = outputs
                 per_image = detect(_to_torch(loc, device), _to_torch(conf, device), cfg, postprocess_cfg, priors)
         detections.extend(dets.to_pixels(image.shape[1], image.shape[0]) for dets, image in zip(per_image, images))
-    return detections
+    table = dataset_label_table(cfg, dataset) if hasattr(dataset, "class_names") else None
+    return detections if table is None else [dets.relabel(table) for dets in detections]
 
 
 def evaluate_detections(detections: Sequence[Detections], dataset, metric: str | None = None,
@@ -201,7 +209,7 @@ def evaluate_model(model, dataset, metric: str | None = "voc07", batch_size: int
 
     The model runs in eval mode on ``device``; its previous train/eval mode is restored afterwards.
     """
-    check_class_names(model.cfg.class_names, dataset, model.cfg.name)
+    check_class_names(model.cfg, dataset, model.cfg.name)
     postprocess_cfg = postprocess_cfg or PostprocessConfig()
     cfg, was_training = model.cfg, model.training
     model.to(device).eval()

@@ -3,6 +3,11 @@
 ``bbox`` is ``[x, y, w, h]`` in pixels. For a COCO dataset ``image_id`` is the COCO image id and
 ``category_id`` the COCO category id; for any other dataset (VOC, synthetic) ``image_id`` is the
 dataset's id (VOC: the image's file stem) and ``category_id`` the class name.
+
+A model whose labels are category ids of their own (``Conventions.label_ids``: torchvision's COCO
+model has 91 slots, COCO datasets 80 contiguous labels) is matched to a COCO dataset by id
+(``dataset_label_table``); its detections are translated to the dataset's labels before they are
+written or scored.
 """
 
 from __future__ import annotations
@@ -34,6 +39,31 @@ def category_of_label(dataset) -> list:
     if getattr(dataset, "coco_category_ids", None):
         return [int(c) for c in dataset.coco_category_ids]
     return list(dataset.class_names)
+
+
+def dataset_label_table(model_cfg, dataset) -> np.ndarray | None:
+    """How a model whose labels carry category ids (``conventions.label_ids``, e.g. torchvision's 91
+    COCO slots with "N/A" gaps) maps onto a COCO dataset's contiguous labels: ``table[model label]`` is
+    the dataset label of the same category id, 0 for ids the dataset lacks. ``None`` when no
+    translation applies (the same class names, no label ids, or not a COCO dataset)."""
+    label_ids = model_cfg.conventions.label_ids
+    category_ids = getattr(dataset, "coco_category_ids", None)
+    if not label_ids or not category_ids or tuple(model_cfg.class_names) == tuple(dataset.class_names):
+        return None
+    label_of = {int(category): label for label, category in enumerate(category_ids, start=1)}
+    table = np.zeros(model_cfg.num_classes, np.int64)
+    for label, category in enumerate(label_ids, start=1):
+        table[label] = label_of.get(int(category), 0)
+    return table
+
+
+def label_ids_cover(model_cfg, dataset) -> bool:
+    """Whether ``dataset_label_table`` gives every dataset category a model label of the same name."""
+    table = dataset_label_table(model_cfg, dataset)
+    if table is None:
+        return False
+    name_of = {int(table[label]): name for label, name in enumerate(model_cfg.class_names, start=1) if table[label]}
+    return all(name_of.get(label) == name for label, name in enumerate(dataset.class_names, start=1))
 
 
 def to_coco_results(detections: Sequence[Detections], dataset) -> list[dict]:

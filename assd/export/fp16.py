@@ -29,8 +29,9 @@ FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = float(np.finfo(np.float16).max)
 # Inputs that the ONNX spec types as float32 whatever the data type of the other inputs.
 FLOAT32_ONLY_INPUTS = {"Resize": {2}, "Upsample": {1}}
-# Ops that stay float32: their float inputs are cast up, their outputs down.
-FLOAT32_ONLY_OPS = {"NonMaxSuppression"}
+# Ops that stay float32: their float inputs are cast up, their outputs down. ReduceL2 (SSD's L2Norm):
+# a sum of squares over hundreds of channels overflows float16.
+FLOAT32_ONLY_OPS = {"NonMaxSuppression", "ReduceL2"}
 POSTPROCESS_PREFIX = "pp/"
 
 

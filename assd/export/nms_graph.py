@@ -5,7 +5,7 @@ Written as ONNX nodes (onnx.helper) because no exporter maps torchvision's NMS t
 
     boxes   [B, K, 4] float32  xyxy normalized to [0, 1]
     scores  [B, K]    float32  descending per image, 0 where padded
-    classes [B, K]    int64    1..C-1, 0 where padded
+    classes [B, K]    int64    1..C-1 (or ``conventions.label_ids``' ids), 0 where padded
     count   [B]       int64    number of valid rows per image
 
 The candidates are capped *before* ``NonMaxSuppression``, as in ``assd.runtime.postprocess``, so ONNX
@@ -15,6 +15,9 @@ considers at most 5000 boxes per image and its TopK takes K <= 3840; see ``assd.
 The non-candidates' scores are set to 0, which no score threshold lets through. The outputs have a
 fixed shape (TensorRT needs no output allocator): the per-image selection pads its candidates with
 K rows of score -1 before its ``TopK`` of constant K.
+The model's conventions apply as in ``assd.runtime.postprocess.detect``: the decode clamp on the size
+exponent, clipping to [0, 1] before NMS, and the label-id map; without a per-image cap
+(``max_detections=None``) K is ``top_k * (C - 1)``, at most ``MAX_NMS_CANDIDATES``.
 """
 
 from __future__ import annotations
@@ -58,8 +61,14 @@ def _decode(b: _Builder, loc: str, cfg: ModelConfig) -> str:
     loc_wh = b.op("Slice", [loc, two, four, axis])
     center = b.op("Add", [prior_xy, b.op("Mul", [loc_xy, prior_wh_scaled])])
     scaled = b.op("Mul", [loc_wh, b.const("v_size", np.array(v_size, np.float32))])
+    if cfg.conventions.decode_clamp is not None:
+        scaled = b.op("Min", [scaled, b.const("decode_clamp", np.array(cfg.conventions.decode_clamp, np.float32))])
     half_size = b.op("Mul", [b.op("Mul", [prior_wh, b.op("Exp", [scaled])]), b.const("half", np.array(0.5, np.float32))])
-    return b.op("Concat", [b.op("Sub", [center, half_size]), b.op("Add", [center, half_size])], axis=-1)
+    boxes = b.op("Concat", [b.op("Sub", [center, half_size]), b.op("Add", [center, half_size])], axis=-1)
+    if cfg.conventions.clip_before_nms:
+        boxes = b.op("Clip", [boxes, b.const("box_min", np.array(0.0, np.float32)),
+                              b.const("box_max", np.array(1.0, np.float32))])
+    return boxes
 
 
 def _cap_candidates(b: _Builder, scores_bca: str, cfg: ModelConfig, pp) -> str:
@@ -105,12 +114,13 @@ def append_postprocess(proto: onnx.ModelProto, cfg: ModelConfig, pp) -> onnx.Mod
     box_index = b.op("Gather", [selected, b.const("col02", np.array([0, 2], np.int64))], axis=1)  # [K, 2]
     selected_scores = b.op("GatherND", [scores_bca, selected])  # [K]
     selected_boxes = b.op("GatherND", [boxes, box_index])  # [K, 4]
-    labels = b.op("Add", [class_index, b.const("one", np.array(1, np.int64))])
+    label_ids = cfg.conventions.label_ids or range(1, cfg.num_classes)
+    labels = b.op("Gather", [b.const("label_ids", np.array(label_ids, np.int64)), class_index], axis=0)
 
     # Per image: the max_detections best rows, by a [B, N] score matrix masked by image (N selected rows).
     # K = max_detections rows of score -1 (and zero labels / boxes) are appended first, so that the TopK
     # has a constant K whatever N is and every output has the fixed shape [B, K, ...].
-    max_det = pp.max_detections
+    max_det = min(pp.max_per_image(cfg.num_classes), MAX_NMS_CANDIDATES)
     batch_size = b.op("Gather", [b.op("Shape", ["images"]), b.const("s0", np.array(0, np.int64))])
     images_range = b.op("Range", [b.const("r0", np.array(0, np.int64)), batch_size,
                                   b.const("r1", np.array(1, np.int64))])  # [B]
@@ -135,10 +145,9 @@ def append_postprocess(proto: onnx.ModelProto, cfg: ModelConfig, pp) -> onnx.Mod
     for name, tensor in named.items():
         graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"pp/out_{name}"))
     del graph.output[:]
-    k_out = pp.max_detections
     graph.output.extend([
-        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", k_out, 4]),
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", k_out]),
-        helper.make_tensor_value_info("classes", TensorProto.INT64, ["batch", k_out]),
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", max_det, 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", max_det]),
+        helper.make_tensor_value_info("classes", TensorProto.INT64, ["batch", max_det]),
         helper.make_tensor_value_info("count", TensorProto.INT64, ["batch"])])
     return proto

@@ -97,7 +97,7 @@ def export_onnx(model: ASSD, path: str | Path, opset: int = DEFAULT_OPSET, batch
     """Write ``model`` to ``path`` (atomically) and return the metadata stored in it."""
     from assd.runtime.postprocess import PostprocessConfig
 
-    postprocess_cfg = PostprocessConfig.from_dict(postprocess) if postprocess else PostprocessConfig()
+    postprocess_cfg = PostprocessConfig.from_dict(postprocess) if postprocess else PostprocessConfig.for_model(model.cfg)
     proto = torch_to_onnx(model, opset=opset, batch=batch, attention_op=attention_op)
     if with_postprocess:
         from assd.export.nms_graph import append_postprocess

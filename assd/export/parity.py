@@ -119,7 +119,7 @@ def compare_runners(reference, candidate, images: list[np.ndarray], postprocess_
         ref_dets = detect(ref_loc, ref_conf, cfg, postprocess_cfg, priors)
         cand_dets = detect(cand_loc, cand_conf, cfg, postprocess_cfg, priors)
         for ref, cand in zip(ref_dets, cand_dets):
-            matched, diff = match_detections(ref, cand)
+            matched, diff = match_detections(ref.with_label_ids(cfg), cand)
             totals[0] += len(ref.scores)
             totals[1] += matched
             score_diff = max(score_diff, diff)
@@ -152,7 +152,7 @@ def compare_postprocessed(reference, onnx_path: str, images: list[np.ndarray], p
         for index, ref in enumerate(ref_dets):
             valid = int(count[index])
             cand = Detections(boxes=boxes[index, :valid], scores=scores[index, :valid], labels=classes[index, :valid])
-            matched, diff = match_detections(ref, cand)
+            matched, diff = match_detections(ref.with_label_ids(cfg), cand)
             totals[0] += len(ref.scores)
             totals[1] += matched
             score_diff = max(score_diff, diff)

@@ -68,9 +68,7 @@ def export_and_check(model_spec: str, output: str, opset: int = 18, batch: str |
     if precision not in ("fp32", "fp16"):
         raise UserError(f"--precision {precision}: export writes fp32 or fp16 graphs (int8: 'assd calibrate')")
     model = load_model(model_spec)
-    postprocess_cfg = PostprocessConfig()
-    if max_detections is not None:
-        postprocess_cfg = PostprocessConfig.from_dict({**postprocess_cfg.to_dict(), "max_detections": max_detections})
+    postprocess_cfg = PostprocessConfig.for_model(model.cfg, max_detections=max_detections)
     with tempfile.TemporaryDirectory(prefix="assd-export-") as tmp:
         fp32_file = output if precision == "fp32" else str(Path(tmp) / "fp32.onnx")
         export_onnx(model, fp32_file, opset=opset, batch=batch, with_postprocess=with_postprocess,

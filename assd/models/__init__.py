@@ -5,7 +5,7 @@
 
 from assd.models.assd import ASSD, feature_channels, feature_sizes, priors_for
 from assd.models.backbones import load_backbone_weights
-from assd.models.config import ModelConfig
+from assd.models.config import Conventions, ModelConfig
 from assd.models.presets import PRESETS, get_config
 
 
@@ -22,6 +22,7 @@ def build_model(cfg: "ModelConfig | str", backbone_weights: str | None = None) -
 __all__ = [
     "ASSD",
     "PRESETS",
+    "Conventions",
     "ModelConfig",
     "build_model",
     "feature_channels",

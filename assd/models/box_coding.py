@@ -33,8 +33,15 @@ def encode(gt_xyxy: torch.Tensor, priors_cxcywh: torch.Tensor, variances: Sequen
     return torch.cat([offset_xy, offset_wh], dim=-1)
 
 
-def decode(loc: torch.Tensor, priors_cxcywh: torch.Tensor, variances: Sequence[float]) -> torch.Tensor:
-    """Boxes ``[..., A, 4]`` xyxy (normalized) from offsets ``loc [..., A, 4]`` and priors ``[A, 4]``."""
+def decode(loc: torch.Tensor, priors_cxcywh: torch.Tensor, variances: Sequence[float],
+           max_exponent: float | None = None) -> torch.Tensor:
+    """Boxes ``[..., A, 4]`` xyxy (normalized) from offsets ``loc [..., A, 4]`` and priors ``[A, 4]``.
+
+    ``max_exponent`` caps ``loc_wh * variances[1]`` before ``exp`` (torchvision's ``bbox_xform_clip``,
+    log(1000/16)); ``None``: no cap."""
     center = priors_cxcywh[..., :2] + loc[..., :2] * variances[0] * priors_cxcywh[..., 2:]
-    size = priors_cxcywh[..., 2:] * torch.exp(loc[..., 2:] * variances[1])
+    exponent = loc[..., 2:] * variances[1]
+    if max_exponent is not None:
+        exponent = exponent.clamp(max=max_exponent)
+    size = priors_cxcywh[..., 2:] * torch.exp(exponent)
     return torch.cat([center - size / 2, center + size / 2], dim=-1)

@@ -19,6 +19,9 @@ VOC_CLASSES = (
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+CHANNEL_ORDERS = ("rgb", "bgr")
+PRIOR_CLIPS = ("corners", "wh", "none")
+
 
 @dataclass(frozen=True)
 class ExtraLayer:
@@ -31,6 +34,73 @@ class ExtraLayer:
     out: int
     stride: int = 2
     padding: int = 1
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """What SSD leaves open and reference implementations decide differently (docs/models.md).
+
+    The defaults are assd's own choices; ``ssd300-coco`` sets torchvision's ``ssd300_vgg16`` and
+    ``assd513-authors`` the ASSD authors' code (github yijingru/ASSD-Pytorch).
+
+    Attributes:
+        channel_order: ``"rgb"`` or ``"bgr"``: order of the network's input channels. ``mean``/``std``
+            apply to the channels in this order (the authors fed cv2's BGR images, normalized with the
+            RGB ImageNet statistics).
+        l2norm: L2-normalize the first backbone map over channels and scale it by a learned
+            per-channel weight (initialized to 20), as SSD's conv4_3.
+        extras_batchnorm: BatchNorm after every conv of the extra layers (torchvision's SSD300 has none).
+        fusion_align_corners: bilinear upsampling in the fusion module with ``align_corners=True``
+            (the authors' ``F.upsample_bilinear``).
+        prior_steps: per map, the stride in input pixels that places the prior centres at
+            ``(i + prior_offset) * step / input_size``; ``None``: ``(i + prior_offset) / map_size``.
+        prior_offset: offset of the first centre in cells (0.5 for every known SSD).
+        prior_clip: ``"corners"`` (clamp each prior's corners to [0, 1]), ``"wh"`` (clamp only width
+            and height to [0, 1], centres unchanged: torchvision) or ``"none"`` (the authors').
+        decode_clamp: upper bound on the size exponent ``loc_wh * variance`` when decoding (torchvision:
+            ``log(1000 / 16)``); ``None``: unbounded.
+        clip_before_nms: clip the decoded boxes to the image before NMS (torchvision), not after.
+        top_k: default number of candidates per class and image that enter NMS.
+        max_detections: default number of detections kept per image after NMS; ``None``: no cap
+            (the authors keep up to ``top_k`` per class).
+        label_ids: the dataset category id (e.g. COCO's 91-slot ids) of each label ``1..C-1``, used to
+            match the model's labels to a COCO dataset's categories and in exported detections;
+            ``None``: the labels themselves.
+    """
+
+    channel_order: str = "rgb"
+    l2norm: bool = False
+    extras_batchnorm: bool = True
+    fusion_align_corners: bool = False
+    prior_steps: tuple[float, ...] | None = None
+    prior_offset: float = 0.5
+    prior_clip: str = "corners"
+    decode_clamp: float | None = None
+    clip_before_nms: bool = False
+    top_k: int = 200
+    max_detections: int | None = 200
+    label_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"channel_order {self.channel_order!r}: use one of {CHANNEL_ORDERS}")
+        if self.prior_clip not in PRIOR_CLIPS:
+            raise ValueError(f"prior_clip {self.prior_clip!r}: use one of {PRIOR_CLIPS}")
+        if self.top_k < 1 or (self.max_detections is not None and self.max_detections < 1):
+            raise ValueError(f"top_k={self.top_k}, max_detections={self.max_detections}: must be >= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Conventions:
+        """From ``dataclasses.asdict`` output; missing keys (older files) take today's defaults."""
+        values = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown convention fields {sorted(unknown)} (written by a newer assd?)")
+        for key in ("prior_steps", "label_ids"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -50,6 +120,9 @@ class ModelConfig:
         attention: put the attention unit (eq. 1-2) between every map and its head.
         fusion: replace map 0 with the semantic fusion of conv3/4/5 (eq. 3).
         fusion_channels: channels each fused map is reduced to before concatenation.
+        mean / std: per input channel (in ``conventions.channel_order``), for pixels scaled to [0, 1]
+            (std = 1/255 reproduces caffe-style 0..255 inputs).
+        conventions: the reference-implementation details (``Conventions``; defaults: assd's own).
     """
 
     name: str
@@ -67,6 +140,7 @@ class ModelConfig:
     fusion_channels: int = 256
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    conventions: Conventions = field(default_factory=Conventions)
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -79,6 +153,11 @@ class ModelConfig:
             raise ValueError(
                 f"{self.name}: {len(self.class_names)} class names for num_classes={self.num_classes} "
                 "(expected num_classes - 1 foreground names)")
+        steps, label_ids = self.conventions.prior_steps, self.conventions.label_ids
+        if steps is not None and len(steps) != n_maps:
+            raise ValueError(f"{self.name}: {len(steps)} prior steps for {n_maps} maps")
+        if label_ids is not None and len(label_ids) != self.num_classes - 1:
+            raise ValueError(f"{self.name}: {len(label_ids)} label ids for {self.num_classes - 1} classes")
 
     @property
     def anchors_per_location(self) -> tuple[int, ...]:
@@ -90,9 +169,12 @@ class ModelConfig:
         return len(self.min_scales)
 
     def with_classes(self, class_names) -> ModelConfig:
-        """The same network for another label set (changes only the conf heads)."""
+        """The same network for another label set (changes only the conf heads; label ids are dropped)."""
         names = tuple(class_names)
-        return dataclasses.replace(self, class_names=names, num_classes=len(names) + 1)
+        if names == self.class_names:
+            return self
+        conventions = dataclasses.replace(self.conventions, label_ids=None)
+        return dataclasses.replace(self, class_names=names, num_classes=len(names) + 1, conventions=conventions)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -111,6 +193,7 @@ class ModelConfig:
         for key in ("class_names", "min_scales", "max_scales", "variances", "mean", "std"):
             values[key] = tuple(values[key])
         values["aspect_ratios"] = tuple(tuple(r) for r in values["aspect_ratios"])
+        values["conventions"] = Conventions.from_dict(values.get("conventions"))
         return cls(**values)
 
     @classmethod

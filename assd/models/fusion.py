@@ -3,8 +3,9 @@
     x3' = ReLU(W3 * BN(Concat{r3(x3), up(r4(x4)), up(r5(x5))}) + b3)
 
 r_i are 1x1 convs to ``reduced`` (256) channels, ``up`` is bilinear upsampling to conv3's size
-(align_corners=False: the standard, ONNX- and TensorRT-friendly resize; the authors' code used the
-deprecated ``upsample_bilinear``, i.e. align_corners=True), W3 a 1x1 conv back to conv3's channels.
+(align_corners=False by default: the standard resize; the authors' code used the deprecated
+``upsample_bilinear``, i.e. align_corners=True, which ``Conventions.fusion_align_corners`` selects),
+W3 a 1x1 conv back to conv3's channels.
 The layer choices (biases on the 1x1 convs, BN after the concat) follow the authors' code.
 """
 
@@ -23,12 +24,14 @@ class SemanticFusion(nn.Module):
     Args:
         in_channels: channels of (conv3, conv4, conv5), e.g. ``(512, 1024, 2048)``.
         reduced: channels each input is reduced to before concatenation (paper: 256).
+        align_corners: the upsampling's ``align_corners`` (the authors': True).
 
     Shapes: ``forward([x3, x4, x5])`` with ``x_i: [B, C_i, H_i, W_i]`` -> ``[B, C_3, H_3, W_3]``.
     """
 
-    def __init__(self, in_channels: Sequence[int], reduced: int = 256):
+    def __init__(self, in_channels: Sequence[int], reduced: int = 256, align_corners: bool = False):
         super().__init__()
+        self.align_corners = align_corners
         self.reduce = nn.ModuleList(nn.Conv2d(c, reduced, kernel_size=1) for c in in_channels)
         self.bn = nn.BatchNorm2d(reduced * len(in_channels))
         self.project = nn.Conv2d(reduced * len(in_channels), in_channels[0], kernel_size=1)
@@ -37,5 +40,6 @@ class SemanticFusion(nn.Module):
         size = features[0].shape[-2:]
         reduced = [self.reduce[0](features[0])]
         for conv, feature in zip(self.reduce[1:], features[1:]):
-            reduced.append(F.interpolate(conv(feature), size=size, mode="bilinear", align_corners=False))
+            reduced.append(F.interpolate(conv(feature), size=size, mode="bilinear",
+                                         align_corners=self.align_corners))
         return F.relu(self.project(self.bn(torch.cat(reduced, dim=1))))

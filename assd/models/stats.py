@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from assd.models.assd import ASSD, feature_channels, feature_sizes
-from assd.models.config import ModelConfig
+from assd.models.config import Conventions, ModelConfig
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -46,4 +48,12 @@ def describe(cfg: ModelConfig, num_params: int | None = None, with_gmacs: bool =
         "num_anchors": sum(h * w * n for (h, w), n in zip(sizes, anchors)),
         "num_params": num_params,
         "gmacs": round(count_gmacs(cfg), 3) if with_gmacs else None,
+        "conventions": changed_conventions(cfg),
     }
+
+
+def changed_conventions(cfg: ModelConfig) -> dict:
+    """The ``Conventions`` fields where ``cfg`` departs from assd's defaults (JSON-ready)."""
+    defaults = Conventions()
+    return {f.name: getattr(cfg.conventions, f.name) for f in dataclasses.fields(Conventions)
+            if getattr(cfg.conventions, f.name) != getattr(defaults, f.name)}

@@ -24,9 +24,10 @@ DETECTION_OUTPUTS = ("boxes", "scores", "classes", "count")
 
 def check_stricter(exported: PostprocessConfig, requested: PostprocessConfig, artifact: str) -> None:
     """UserError unless ``requested`` is ``exported`` made stricter (see the module docstring)."""
+    unbounded = float("inf")  # max_detections None: no per-image cap
+    fewer = (requested.max_detections or unbounded) <= (exported.max_detections or unbounded)
     if (requested.nms_iou == exported.nms_iou and requested.top_k == exported.top_k
-            and requested.score_threshold >= exported.score_threshold
-            and requested.max_detections <= exported.max_detections):
+            and requested.score_threshold >= exported.score_threshold and fewer):
         return
     raise UserError(f"{artifact}: its post-processing is part of the graph (score > {exported.score_threshold}, "
                     f"top-k {exported.top_k}, NMS IoU {exported.nms_iou}, {exported.max_detections} detections); "

@@ -6,8 +6,12 @@ keeps the ``top_k`` best-scoring anchors above ``score_threshold`` (and per imag
 ``MAX_NMS_CANDIDATES`` best of those), runs NMS at ``nms_iou`` and keeps
 the ``max_detections`` best of what survives in the image (the SSD recipe). The whole batch goes
 through one ``torchvision.ops.batched_nms`` call (groups = image x class) on the tensors' device; only
-the final detections are copied to the CPU. Boxes are not clipped before NMS (as SSD);
-``Detections.to_pixels`` clips them to the image.
+the final detections are copied to the CPU. Boxes are not clipped before NMS (as SSD) unless the
+model's conventions say so (torchvision); ``Detections.to_pixels`` clips them to the image.
+
+``detect(loc, conf, model_cfg, cfg)`` is the entry every stage calls: it takes the priors, variances,
+decode clamp and clipping from the model's ``ModelConfig`` (its ``Conventions``), and when no
+thresholds are given, the model's own defaults (``PostprocessConfig.for_model``).
 
 The thresholds are a ``PostprocessConfig``, recorded with every result (``to_dict``).
 """
@@ -41,21 +45,35 @@ class PostprocessConfig:
         score_threshold: keep class scores strictly greater than this (softmax probability).
         nms_iou: NMS suppresses a box whose IoU with a better box of its class is greater than this.
         top_k: candidates per class and image that enter NMS (the best-scoring ones).
-        max_detections: detections kept per image after NMS (the best-scoring ones, all classes).
+        max_detections: detections kept per image after NMS (the best-scoring ones, all classes);
+            ``None``: no per-image cap (at most ``top_k`` per class survive).
     """
 
     score_threshold: float = 0.01
     nms_iou: float = 0.45
     top_k: int = 200
-    max_detections: int = 200
+    max_detections: int | None = 200
 
     def __post_init__(self):
         if not 0.0 <= self.score_threshold < 1.0:
             raise UserError(f"score threshold {self.score_threshold}: must be in [0, 1)")
         if not 0.0 < self.nms_iou <= 1.0:
             raise UserError(f"NMS IoU threshold {self.nms_iou}: must be in (0, 1]")
-        if self.top_k < 1 or self.max_detections < 1:
+        if self.top_k < 1 or (self.max_detections is not None and self.max_detections < 1):
             raise UserError(f"top_k={self.top_k}, max_detections={self.max_detections}: both must be >= 1")
+
+    @classmethod
+    def for_model(cls, model_cfg: ModelConfig, **overrides) -> PostprocessConfig:
+        """The model's own defaults (``top_k``, ``max_detections`` of its conventions), with the
+        ``overrides`` that are not ``None`` applied (e.g. from command-line options)."""
+        values = {"top_k": model_cfg.conventions.top_k, "max_detections": model_cfg.conventions.max_detections}
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def max_per_image(self, num_classes: int) -> int:
+        """A bound on one image's detections: ``max_detections``, or without a cap ``top_k`` per
+        foreground class (``num_classes`` includes background)."""
+        return self.top_k * (num_classes - 1) if self.max_detections is None else self.max_detections
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -111,6 +129,18 @@ class Detections:
         """The detections where the boolean mask (or index array) ``keep`` selects."""
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep])
 
+    def relabel(self, table: np.ndarray) -> Detections:
+        """The detections with label ``k`` replaced by ``table[k]``; those mapped to 0 are dropped."""
+        labels = np.asarray(table, np.int64)[self.labels]
+        keep = labels > 0
+        return Detections(self.boxes[keep], self.scores[keep], labels[keep])
+
+    def with_label_ids(self, model_cfg: ModelConfig) -> Detections:
+        """The labels as the model's output ids (``conventions.label_ids``, e.g. COCO category ids), as
+        the ``--with-postprocess`` graph reports them; unchanged for a model without label ids."""
+        label_ids = model_cfg.conventions.label_ids
+        return self if label_ids is None else self.relabel(np.array((0, *label_ids), np.int64))
+
 
 def _as_tensor(array, device: torch.device | None = None) -> torch.Tensor:
     tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.asarray(array))
@@ -123,6 +153,8 @@ def postprocess(
     priors_cxcywh: torch.Tensor | np.ndarray,
     variances: Sequence[float],
     cfg: PostprocessConfig | None = None,
+    decode_clamp: float | None = None,
+    clip_before_nms: bool = False,
 ) -> list[Detections]:
     """Detections (normalized xyxy) of each image of a batch.
 
@@ -132,6 +164,8 @@ def postprocess(
         priors_cxcywh: ``[A, 4]`` normalized priors.
         variances: the box-coding variances (center, size).
         cfg: thresholds (default ``PostprocessConfig()``).
+        decode_clamp: cap on the decoded size exponent (``Conventions.decode_clamp``).
+        clip_before_nms: clip boxes to [0, 1] before NMS (``Conventions.clip_before_nms``).
 
     Returns:
         ``B`` ``Detections``, each sorted by decreasing score, at most ``cfg.max_detections`` long.
@@ -141,7 +175,9 @@ def postprocess(
     device = loc.device
     conf, priors = _as_tensor(conf, device), _as_tensor(priors_cxcywh, device)
     batch, num_anchors, num_classes = conf.shape
-    boxes = decode(loc.float(), priors.float(), variances)  # [B, A, 4]
+    boxes = decode(loc.float(), priors.float(), variances, decode_clamp)  # [B, A, 4]
+    if clip_before_nms:
+        boxes = boxes.clamp(0.0, 1.0)
     scores = torch.softmax(conf.float(), dim=-1)[..., 1:]  # [B, A, K], K = C - 1 foreground classes
     foreground = num_classes - 1
 
@@ -166,9 +202,11 @@ def postprocess(
     kept_image = image_idx[kept]
     counts = torch.bincount(kept_image, minlength=batch)
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(kept), device=device) - starts[kept_image]
-    kept = kept[rank < cfg.max_detections]
-    counts = counts.clamp(max=cfg.max_detections).tolist()
+    if cfg.max_detections is not None:
+        rank = torch.arange(len(kept), device=device) - starts[kept_image]
+        kept = kept[rank < cfg.max_detections]
+        counts = counts.clamp(max=cfg.max_detections)
+    counts = counts.tolist()
 
     out_boxes = cand_boxes[kept].cpu().numpy()
     out_scores = cand_scores[kept].cpu().numpy()
@@ -189,10 +227,13 @@ def detect(
     priors_cxcywh: torch.Tensor | None = None,
 ) -> list[Detections]:
     """``postprocess`` with everything the network of ``model_cfg`` fixes taken from it (its priors,
-    variances and box conventions): what every pipeline stage calls. ``priors_cxcywh`` may be given to
-    avoid regenerating them (they must be ``priors_for(model_cfg)``)."""
+    variances, decode clamp and clipping): what every pipeline stage calls. ``cfg=None``: the model's
+    default thresholds (``PostprocessConfig.for_model``). ``priors_cxcywh`` may be given to avoid
+    regenerating them (they must be ``priors_for(model_cfg)``)."""
     from assd.models.assd import priors_for
 
     if priors_cxcywh is None:
         priors_cxcywh = priors_for(model_cfg)
-    return postprocess(loc, conf, priors_cxcywh, model_cfg.variances, cfg)
+    conventions = model_cfg.conventions
+    return postprocess(loc, conf, priors_cxcywh, model_cfg.variances, cfg or PostprocessConfig.for_model(model_cfg),
+                       decode_clamp=conventions.decode_clamp, clip_before_nms=conventions.clip_before_nms)

@@ -2,7 +2,11 @@
 
 Runs on the device given (the runner's device, a GPU when there is one): the images are copied as
 uint8 (4x less traffic than float), then resized and normalized there. Resizing is a plain bilinear
-resize to the square input (SSD's "warp" resize, as in training), without antialiasing.
+resize of the float image to the square input (SSD's "warp" resize, as in training), without
+antialiasing: what torchvision's SSD (``GeneralizedRCNNTransform`` with ``fixed_size``) and the ASSD
+authors (``cv2.resize`` of the float image) do too, up to float rounding (torchvision normalizes
+before resizing; both steps are linear; docs/models.md has the measured differences). A ``"bgr"`` model
+(``cfg.conventions.channel_order``) gets its channels reversed before normalization.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ def preprocess(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Batch of ``len(images)`` normalized images ``[B, 3, S, S]`` on ``device``, as the network of
-    ``cfg`` expects them (S = ``cfg.input_size``; ``cfg.mean``/``cfg.std`` apply to pixels in [0, 1]).
+    ``cfg`` expects them (S = ``cfg.input_size``; ``cfg.mean``/``cfg.std`` apply to pixels in [0, 1], per
+    channel in the network's channel order ``cfg.conventions.channel_order``).
 
     Args:
         images: RGB uint8 arrays ``[H, W, 3]`` (sizes may differ).
@@ -36,6 +41,8 @@ def preprocess(
     for image in images:
         pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)
         pixels = pixels.permute(2, 0, 1).unsqueeze(0).float()  # [1, 3, H, W] in 0..255
+        if cfg.conventions.channel_order == "bgr":
+            pixels = pixels.flip(1)
         if pixels.shape[-2:] != (input_size, input_size):
             pixels = F.interpolate(pixels, size=(input_size, input_size), mode="bilinear", align_corners=False)
         batch.append(pixels)
