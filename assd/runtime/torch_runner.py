@@ -7,6 +7,7 @@ import torch
 from assd.errors import UserError
 from assd.models.assd import ASSD
 from assd.runtime.base import Runner
+from assd.runtime.postprocess import PostprocessConfig
 
 
 class TorchRunner(Runner):
@@ -22,6 +23,7 @@ class TorchRunner(Runner):
         if precision != "fp32" and device.type != "cuda":
             raise UserError(f"{artifact}: {precision} PyTorch inference needs a CUDA device")
         self.device, self.precision, self.artifact, self.cfg = device, precision, artifact, model.cfg
+        self.postprocess = PostprocessConfig.for_model(model.cfg).to_dict()  # the model's own defaults
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         model = model.eval().to(device=device, dtype=self.dtype)
         if channels_last:
