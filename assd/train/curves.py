@@ -1,7 +1,7 @@
 """``curves.png``: the learning curve of a run, drawn from its ``metrics.jsonl`` lines after every epoch.
 
-Three panels over epochs: the mean training loss and its loc / conf parts, the learning rate (log
-scale) and the validation mAP (when the run validates). Drawn with matplotlib's Agg canvas on a
+Three panels over epochs: the mean training loss and its loc / conf parts (log scale), the learning
+rate (log scale) and the validation mAP (when the run validates). Drawn with matplotlib's Agg canvas on a
 ``Figure`` of its own (no pyplot state, no display needed) and written atomically.
 """
 
@@ -26,7 +26,8 @@ def render_curves(lines: list[dict], title: str) -> bytes:
     x = [line["epoch"] for line in epochs]
     for key, label in (("loss", "loss"), ("loc_loss", "loc (smooth L1)"), ("conf_loss", "conf (cross-entropy)")):
         loss_axes.plot(x, [line[key] for line in epochs], marker=".", label=label)
-    loss_axes.set(title="training loss (mean per epoch)", xlabel="epoch")
+    positive = all(line[key] > 0 for line in epochs for key in ("loss", "loc_loss", "conf_loss"))
+    loss_axes.set(title="training loss (mean per epoch)", xlabel="epoch", yscale="log" if positive else "linear")
     loss_axes.legend(fontsize="small")
     lr_axes.plot(x, [line["lr"] for line in epochs], marker=".", color="tab:purple")
     lr_axes.set(title="learning rate (last step of the epoch)", xlabel="epoch", yscale="log")
