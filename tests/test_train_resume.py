@@ -106,6 +106,16 @@ def test_resume_takes_the_seed_from_the_checkpoint_and_refuses_another(tmp_path)
     assert torch.load(out / "last.pt", weights_only=True)["options"]["seed"] == 3
 
 
+def test_resume_is_exact_whatever_the_number_of_dataloader_workers(tmp_path):
+    """Every worker's stream is a function of (seed, epoch, index): no worker state needs saving."""
+    reference = train(options(tmp_path / "reference", data=synthetic(6), workers=0))
+    out = tmp_path / "split"
+    first = train(options(out, data=synthetic(6), workers=2, max_steps=2))  # mid-epoch, 2 worker processes
+    rest = train(options(out, model=None, data=synthetic(6), resume=True, workers=1))
+    torch.testing.assert_close(torch.tensor(first.step_losses + rest.step_losses),
+                               torch.tensor(reference.step_losses), rtol=1e-5, atol=1e-6)
+
+
 def test_resume_on_other_data_is_refused(tmp_path):
     out = tmp_path / "run"
     train(options(out, data=synthetic(4), max_steps=1))
