@@ -4,7 +4,6 @@ processes) and ``assd train`` on the real voc-mini photos. Models are tiny (ResN
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -12,37 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from train_helpers import NaNImages, metrics_lines, options, synthetic
 
 from assd.cli import main
-from assd.data import SyntheticDataset
 from assd.errors import CheckFailed, UserError
 from assd.models.checkpoint import load_checkpoint
-from assd.models.config import ExtraLayer, ModelConfig
-from assd.train import RECIPES, Recipe, TrainOptions, default_recipe_name, train
+from assd.train import RECIPES, Recipe, default_recipe_name, train
 from assd.train.sampling import ResumableSampler, SeededSamples
 from assd.train.schedule import lr_at
 
-SIZE = 64
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def tiny_config() -> ModelConfig:
-    """ResNet18 at 64 px: maps 8, 4, 2, 1 with attention and fusion, ~11M params but few FLOPs."""
-    return ModelConfig(name="tiny-test", backbone="resnet18", input_size=SIZE, num_classes=2, class_names=("x",),
-                       extras=(ExtraLayer(32, 64),), min_scales=(0.15, 0.35, 0.6, 0.8),
-                       max_scales=(0.35, 0.6, 0.8, 1.0), aspect_ratios=((2,), (2,), (2,), (2,)), fusion_channels=32)
-
-
-def synthetic(count: int = 8, train_mode: bool = True, start: int = 0) -> SyntheticDataset:
-    return SyntheticDataset(count, start, train=train_mode, input_size=SIZE)
-
-
-def options(out: Path, **overrides) -> TrainOptions:
-    defaults = {"model": tiny_config(), "data": synthetic(), "out": out, "epochs": 2, "batch_size": 2, "lr": 1e-3,
-                "workers": 0, "device": "cpu", "progress": False, "tensorboard": False}
-    return TrainOptions(**{**defaults, **overrides})
 
 
 # ---------------------------------------------------------------- recipes and schedule
@@ -115,8 +93,10 @@ def test_run_writes_reloadable_checkpoint_and_metrics(tmp_path):
     assert state["recipe"]["epochs"] == 2 and state["options"]["data"] == "synthetic:4:0"
     model = load_checkpoint(result.last_checkpoint)
     assert model.cfg.class_names == synthetic().class_names and model.cfg.num_classes == 5
-    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [line["epoch"] for line in lines] == [1, 2] and all(line["type"] == "epoch" for line in lines)
+    lines = metrics_lines(tmp_path / "run")
+    assert [line["type"] for line in lines] == ["schedule", "epoch", "epoch"]
+    assert [line["epoch"] for line in lines[1:]] == [1, 2]
+    assert lines[0]["recipe"] == state["recipe"] and lines[0]["seed"] == 0 and lines[0]["augment"] == "ssd"
 
 
 def test_resume_continues_with_the_same_next_step_losses(tmp_path):
@@ -139,8 +119,8 @@ def test_validation_keeps_best_checkpoint(tmp_path):
     result = train(options(tmp_path / "run", epochs=1, val_data=synthetic(3, train_mode=False, start=100)))
     assert result.best_checkpoint is not None and result.best_checkpoint.exists()
     assert result.best_map is not None and 0.0 <= result.best_map <= 1.0
-    kinds = [json.loads(line)["type"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert kinds == ["epoch", "val"]
+    kinds = [line["type"] for line in metrics_lines(tmp_path / "run")]
+    assert kinds == ["schedule", "epoch", "val"]
 
 
 def test_refuses_to_overwrite_a_run_without_resume_or_force(tmp_path):
@@ -156,27 +136,12 @@ def test_refuses_to_overwrite_a_run_without_resume_or_force(tmp_path):
     assert result.global_step == 2 and len(result.step_losses) == 2
 
 
-class _NaNImages(torch.utils.data.Dataset):
-    """The synthetic samples with NaN pixels: the loss is NaN at the first step."""
-
-    def __init__(self):
-        self.inner = synthetic()
-        self.class_names, self.name, self.source, self.input_size = self.inner.class_names, "synthetic", "nan", SIZE
-
-    def __len__(self):
-        return len(self.inner)
-
-    def __getitem__(self, index):
-        image, target = self.inner[index]
-        return torch.full_like(image, float("nan")), target
-
-
 def test_nan_loss_stops_with_check_failed_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     train(options(out, epochs=1, max_steps=1))
     good = (out / "last.pt").read_bytes()
-    with pytest.raises(CheckFailed, match="loss became nan.*last good checkpoint"):
-        train(options(out, resume=True, epochs=2, data=_NaNImages(), model=None))
+    with pytest.raises(CheckFailed, match="loss became nan.*last good checkpoint .* is kept.*--resume --allow-changes"):
+        train(options(out, resume=True, epochs=2, data=NaNImages(), model=None))
     assert (out / "last.pt").read_bytes() == good
 
 
@@ -219,7 +184,7 @@ def test_ddp_two_cpu_processes_train_in_step(tmp_path):
     assert rank0["losses"] == rank1["losses"]  # losses are averaged over the processes
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["global_batch"] == 4 and state["epoch"] == 1
-    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "last.pt", "metrics.jsonl"]
 
 
 # ---------------------------------------------------------------- the command line on real photos

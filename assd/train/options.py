@@ -7,10 +7,16 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from assd.errors import UserError
 from assd.models.config import ModelConfig
 from assd.train.recipes import Recipe
 
 AMP_MODES = ("none", "bf16", "fp16")
+AUGMENTATIONS = ("ssd", "none")
+MAX_SEED = 2**63 - 1
+# Settings that shape the run besides the recipe, with their values for a new run; ``None`` in
+# ``TrainOptions`` means "not given": a new run takes these defaults, a resumed one the checkpoint's.
+RUN_SETTING_DEFAULTS = {"seed": 0, "augment": "ssd", "amp": "none", "sync_bn": False, "freeze_bn": False}
 
 
 @dataclass
@@ -32,9 +38,17 @@ class TrainOptions:
         backbone_weights: ``imagenet``, a torchvision state_dict path or ``none`` (fresh runs only).
         val_data: spec or dataset to validate on (mAP; keeps ``best.pt``); val_every: every N epochs
             (and after the last one); val_metric: ``voc07``/``voc12``/``coco`` (default by data kind).
-        seed: seeds the weights' init, the sample order (by seed + epoch) and every sample's augmentation.
-        amp: ``none``, ``bf16`` or ``fp16`` (fp16 uses a GradScaler; needs CUDA).
+        seed: seeds the weights' init, the sample order (by seed + epoch) and every sample's augmentation
+            (default 0).
+        augment: ``ssd`` (SSD's augmentation, the default) or ``none`` (only the resize: for debugging a
+            dataset or checking that a model can fit a handful of images).
+        amp: ``none`` (default), ``bf16`` or ``fp16`` (fp16 uses a GradScaler; needs CUDA).
         sync_bn: SyncBatchNorm across processes (multi-GPU only).
+        freeze_bn: BatchNorm layers use their running statistics and do not update them (lets a model
+            train on one image per process).
+        seed, augment, amp, sync_bn, freeze_bn: None = not given: a resumed run keeps the checkpoint's.
+        allow_changes: with ``resume``, continue under options that differ from the run's (otherwise they
+            are refused: an exact resume reuses everything that determines the run).
         channels_last: NHWC memory layout (default: on for CUDA).
         max_steps: stop after this many optimizer steps in total (tests, smoke runs); ``last.pt`` is
             written there and ``resume`` continues from that exact step.
@@ -62,9 +76,12 @@ class TrainOptions:
     val_data: str | Dataset | None = None
     val_every: int = 1
     val_metric: str | None = None
-    seed: int = 0
-    amp: str = "none"
-    sync_bn: bool = False
+    seed: int | None = None
+    augment: str | None = None
+    amp: str | None = None
+    sync_bn: bool | None = None
+    freeze_bn: bool | None = None
+    allow_changes: bool = False
     channels_last: bool | None = None
     max_steps: int | None = None
     progress: bool = True
@@ -75,13 +92,28 @@ class TrainOptions:
                 "weight_decay": self.weight_decay, "milestones": self.milestones,
                 "warmup_epochs": self.warmup_epochs, "optimizer": self.optimizer}
 
-    def to_record(self) -> dict:
-        """The settings worth keeping in a checkpoint (plain values only)."""
-        def spec(value):
-            return value if value is None or isinstance(value, str) else getattr(value, "source", type(value).__name__)
-        return {"data": spec(self.data), "val_data": spec(self.val_data), "val_every": self.val_every,
-                "val_metric": self.val_metric, "seed": self.seed, "amp": self.amp, "sync_bn": self.sync_bn,
-                "workers": self.workers, "backbone_weights": self.backbone_weights}
+    def run_settings(self) -> dict:
+        """The run-shaping settings given (None = not given); see ``RUN_SETTING_DEFAULTS``."""
+        return {key: getattr(self, key) for key in RUN_SETTING_DEFAULTS}
+
+    def check(self) -> None:
+        """One-line ``UserError`` for out-of-range values (recipe values are checked by ``Recipe``)."""
+        if self.resume and self.force:
+            raise UserError("--resume and --force contradict each other: pass one")
+        if self.allow_changes and not self.resume:
+            raise UserError("--allow-changes only applies with --resume: drop it")
+        if self.amp is not None and self.amp not in AMP_MODES:
+            raise UserError(f"--amp {self.amp}: use one of {', '.join(AMP_MODES)}")
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
+            raise UserError(f"--augment {self.augment}: use one of {', '.join(AUGMENTATIONS)}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed {self.seed}: must be in 0..{MAX_SEED}")
+        if self.val_every < 1:
+            raise UserError(f"--val-every {self.val_every}: must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"--max-steps {self.max_steps}: must be >= 1")
+        if self.workers < 0:
+            raise UserError(f"--workers {self.workers}: must be >= 0")
 
 
 @dataclass

@@ -9,8 +9,9 @@ validation mAP) are ``assd.models.checkpoint`` files with these extra keys:
     step_in_epoch                     optimizer steps done in the epoch after those (0 at epoch ends)
     global_step                       optimizer steps in total
     global_batch                      images per step over all processes (resuming mid-epoch needs it)
-    recipe                            Recipe.to_dict()
-    options                           the run's settings (data spec, seed, amp ...)
+    recipe                            Recipe.to_dict(): the effective schedule
+    options                           the run's settings (data spec and fingerprint, seed, augment, amp,
+                                      sync_bn, freeze_bn, validation ...)
     best_map, best_epoch              best validation mAP so far (None without validation)
     rng                               torch / cuda / numpy / python RNG states of rank 0
     finished                          all epochs done
@@ -18,7 +19,11 @@ validation mAP) are ``assd.models.checkpoint`` files with these extra keys:
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -27,11 +32,16 @@ import torch
 
 from assd.errors import UserError
 from assd.models.checkpoint import read_checkpoint
+from assd.utils import atomic_write_text
 
 LAST = "last.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
+CURVES = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
+# The temp files of our atomic writes into a run folder: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
+# puts 8 characters of [a-z0-9_] between them. Only names of this form are ever cleaned up.
+STALE_TEMP = re.compile(r"^\.(last\.pt|best\.pt|metrics\.jsonl|curves\.png)\.[a-z0-9_]{8}\.tmp$")
 
 
 def rng_states() -> dict:
@@ -65,32 +75,104 @@ def describe_run(state: dict) -> str:
             + (", finished" if state.get("finished") else ""))
 
 
-def prepare_out_dir(out: Path, resume: bool, force: bool) -> dict | None:
-    """Check ``out`` against ``--resume`` / ``--force``; the checkpoint to resume from, or None.
+def write_error(path: Path, exc: OSError, advice: str) -> UserError:
+    """One line for a failed write: the path, the errno name and its text, what to do."""
+    name = errno.errorcode.get(exc.errno, "OSError") if exc.errno else type(exc).__name__
+    return UserError(f"{path}: cannot write ({name}: {exc.strerror or exc}): {advice}")
 
-    A folder that already holds a run (``last.pt``) is never overwritten silently: ``--resume`` continues
-    it; with ``--force`` the caller deletes what the previous run wrote (``clear_previous_run``) once the
-    new run's settings have been checked.
-    """
-    last = out / LAST
+
+def check_writable(out: Path) -> None:
+    """Refuse, before any work, an ``out`` that is a file, cannot be created (a file on the way), or lies
+    on a read-only file system or in a folder we may not write."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out exists and is not a folder: pass a folder for the run's files")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{out}: cannot create the run folder: {existing} is a file: pass another --out")
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if read_only else "is not writable (permissions)"
+        raise UserError(f"{out}: {existing} {why}: pass an --out you can write to")
+
+
+def _read_run_checkpoint(last: Path, out: Path) -> dict:
+    try:
+        return read_checkpoint(last)
+    except UserError as exc:
+        reason = str(exc).removeprefix(f"{last}: ").split(": pass ")[0]
+        raise UserError(f"{out}: its {LAST} is unusable ({reason}): pass --force to start over (deletes the "
+                        "run's files) or another --out") from None
+
+
+def prepare_out_dir(out: Path, resume: bool, force: bool) -> dict | None:
+    """Check ``out`` against ``--resume`` / ``--force`` before any work; the checkpoint to resume from, or None.
+
+    A folder that already holds a run (``last.pt`` or ``best.pt``) is never overwritten silently:
+    ``--resume`` continues it; with ``--force`` the caller deletes what the previous run wrote
+    (``start_run_folder``) once the new run's settings have been checked.
+    """
+    last = out / LAST
+    check_writable(out)
     if resume:
         if not last.is_file():
             raise UserError(f"{last}: nothing to resume (no checkpoint): drop --resume to start a new run there")
-        state = read_checkpoint(last)
+        state = _read_run_checkpoint(last, out)
         if "optimizer" not in state or "recipe" not in state:
             raise UserError(f"{last}: a model-only checkpoint, without training state: cannot --resume from it")
         return state
-    if last.exists() and not force:
-        state = read_checkpoint(last)
+    if force:
+        return None
+    if last.exists():
+        state = _read_run_checkpoint(last, out)
         raise UserError(f"{out}: already holds a training run ({describe_run(state)}): pass --resume to "
                         "continue it, --force to start over (deletes its checkpoints and logs) or another --out")
+    if (out / BEST).exists():
+        raise UserError(f"{out}: holds the {BEST} of an earlier run (without {LAST}): pass --force to start over "
+                        "(deletes it) or another --out")
     return None
 
 
-def clear_previous_run(out: Path) -> None:
-    """Delete what an earlier run wrote into ``out`` (``--force``): checkpoints, metrics, TensorBoard logs."""
-    for name in (LAST, BEST, METRICS):
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
+def start_run_folder(out: Path, global_step: int | None, force: bool) -> list[str]:
+    """Make ``out`` ready once every check passed (rank 0): with ``force`` delete the previous run's files;
+    delete our own stale temp files (a kill during an atomic save leaves them); drop the metrics lines
+    written after the checkpoint (``global_step``; None = a new run). Returns notes on what was removed."""
+    if force:
+        for name in (LAST, BEST, METRICS, CURVES):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    notes = []
+    stale = [path for path in out.iterdir() if STALE_TEMP.match(path.name) and path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        notes.append(f"removed {len(stale)} temp file(s) left by an interrupted save in {out}")
+    dropped = trim_metrics(out / METRICS, global_step)
+    if dropped:
+        where = f"after {LAST} (step {global_step})" if global_step is not None else f"by a run without {LAST}"
+        notes.append(f"{out / METRICS}: dropped {dropped} line(s) written {where}")
+    return notes
+
+
+def trim_metrics(path: Path, global_step: int | None) -> int:
+    """Keep the lines of ``path`` written up to the checkpoint at ``global_step`` (None: keep none), so a
+    resumed run never repeats an epoch there: a kill between a metrics line and the checkpoint save leaves
+    lines the resumed run writes again. A line cut by a kill is dropped too. Returns how many were dropped."""
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if global_step is not None and isinstance(record, dict) and record.get("global_step", 0) <= global_step:
+            kept.append(line)
+    if not kept:
+        path.unlink()
+    elif len(kept) < len(lines):
+        atomic_write_text(path, "\n".join(kept) + "\n")
+    return len(lines) - len(kept)

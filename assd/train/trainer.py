@@ -3,8 +3,9 @@
 One epoch: every process takes its shard of the data (``ResumableSampler``), runs forward (optionally
 under autocast), computes the MultiBox loss, averages the loss parts over processes (that also lets every
 process see a NaN at the same step and stop together), back-propagates (DDP averages the gradients) and
-steps the optimizer at the schedule's lr. After each epoch rank 0 validates when due, writes
-``last.pt`` (and ``best.pt`` on a better mAP) and a metrics line; the other ranks wait.
+steps the optimizer at the schedule's lr. After each epoch rank 0 writes a metrics line, validates when
+due, writes ``best.pt`` on a better mAP, then ``last.pt``, then redraws ``curves.png``; the other ranks
+wait. A resumed run takes its recipe and settings from the checkpoint (``assd.train.resume``).
 """
 
 from __future__ import annotations
@@ -14,22 +15,32 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from assd.data import collate_detection, parse_data_spec
+from assd.data import collate_detection
 from assd.errors import CheckFailed, UserError
 from assd.models import ModelConfig, build_model, get_config
 from assd.models.checkpoint import save_checkpoint
 from assd.train import distributed
+from assd.train.batchnorm import freeze_batchnorm, prepare_batchnorm
+from assd.train.inputs import data_fingerprint, open_dataset, with_augment
 from assd.train.loss import MultiBoxLoss
 from assd.train.monitor import RunMonitor, note, progress_bar
-from assd.train.options import AMP_MODES, TrainOptions, TrainResult
-from assd.train.recipes import PAPER_RECIPES, Recipe, default_recipe_name, get_recipe
+from assd.train.options import RUN_SETTING_DEFAULTS, TrainOptions, TrainResult
+from assd.train.recipes import PAPER_RECIPES, default_recipe_name, get_recipe
+from assd.train.resume import plan_resume
 from assd.train.sampling import ResumableSampler, SeededSamples
 from assd.train.schedule import apply_recipe, build_optimizer, lr_at, set_lr
-from assd.train.state import BEST, LAST, clear_previous_run, prepare_out_dir, restore_rng_states, rng_states
+from assd.train.state import (
+    BEST,
+    LAST,
+    describe_run,
+    prepare_out_dir,
+    restore_rng_states,
+    rng_states,
+    start_run_folder,
+)
 from assd.train.validation import default_metric, validate
 
 
@@ -42,39 +53,19 @@ def train(options: TrainOptions) -> TrainResult:
         distributed.cleanup(ctx)
 
 
-def _check_options(opts: TrainOptions, ctx: distributed.DistContext) -> None:
-    if opts.resume and opts.force:
-        raise UserError("--resume and --force contradict each other: pass one")
-    if opts.amp not in AMP_MODES:
-        raise UserError(f"--amp {opts.amp}: use one of {', '.join(AMP_MODES)}")
-    if opts.amp == "fp16" and ctx.device.type != "cuda":
+def _check_settings(settings: dict, ctx: distributed.DistContext) -> None:
+    """Refuse settings this machine cannot run (after a resumed run's settings were restored)."""
+    if settings["amp"] == "fp16" and ctx.device.type != "cuda":
         raise UserError("--amp fp16 needs a CUDA GPU: use --amp bf16 on CPU, or none")
-    if opts.sync_bn and not (ctx.distributed and ctx.device.type == "cuda"):
+    if settings["sync_bn"] and not (ctx.distributed and ctx.device.type == "cuda"):
         raise UserError("--sync-bn needs several GPU processes (torchrun --nproc-per-node N): drop it here")
-    if opts.val_every < 1:
-        raise UserError(f"--val-every {opts.val_every}: must be >= 1")
-    if opts.max_steps is not None and opts.max_steps < 1:
-        raise UserError(f"--max-steps {opts.max_steps}: must be >= 1")
-    if opts.workers < 0:
-        raise UserError(f"--workers {opts.workers}: must be >= 0")
-
-
-def _dataset(spec, cfg: ModelConfig, train: bool):
-    """A dataset from a spec, or the caller's dataset object after checking its input size."""
-    if isinstance(spec, str):
-        return parse_data_spec(spec, train=train, config=cfg)
-    size = getattr(spec, "input_size", cfg.input_size)
-    if size != cfg.input_size:
-        raise UserError(f"dataset {getattr(spec, 'source', spec)!s}: serves {size} px samples but "
-                        f"{cfg.name} takes {cfg.input_size} px: build it with input_size={cfg.input_size}")
-    return spec
 
 
 class Trainer:
     """Builds everything a run needs from ``TrainOptions`` (and the checkpoint when resuming), then ``run``s."""
 
     def __init__(self, opts: TrainOptions, ctx: distributed.DistContext):
-        _check_options(opts, ctx)
+        opts.check()
         self.opts, self.ctx, self.device = opts, ctx, ctx.device
         self.out = Path(opts.out)
         self.verbose = opts.progress and ctx.is_main
@@ -84,25 +75,30 @@ class Trainer:
         data = opts.data if opts.data is not None else record.get("data")
         if data is None:
             raise UserError("--data is required: pass a data spec such as voc:ROOT, coco:IMAGES:JSON or synthetic")
-        self.train_set = _dataset(data, cfg, train=True)
+        train_set = open_dataset(data, cfg, train=True)
         if state is None:
-            cfg = cfg.with_classes(self.train_set.class_names)
-        elif tuple(self.train_set.class_names) != tuple(cfg.class_names):
+            cfg = cfg.with_classes(train_set.class_names)
+        elif tuple(train_set.class_names) != tuple(cfg.class_names):
             raise UserError(f"{data}: its classes differ from the checkpoint's ({len(cfg.class_names)} classes): "
                             "resume on the data the run started with")
         self.cfg = cfg
-        self.recipe = self._recipe(state)
+        fingerprint = data_fingerprint(train_set)
+        self._plan(state, train_set.name, fingerprint)
+        _check_settings(self.settings, ctx)
+        self.train_set = with_augment(train_set, self.settings["augment"])
         self.val_set = None
         val_data = opts.val_data if opts.val_data is not None else record.get("val_data")
         if val_data is not None:
-            self.val_set = _dataset(val_data, cfg, train=False)
+            self.val_set = open_dataset(val_data, cfg, train=False)
             if tuple(self.val_set.class_names) != tuple(cfg.class_names):
                 raise UserError(f"{val_data}: validation classes differ from the training data's: "
                                 "validate on the same kind of data")
         self.val_metric = opts.val_metric or record.get("val_metric") or default_metric(self.val_set)
-        self.record = {**opts.to_record(), "data": str(getattr(self.train_set, "source", data)),
+        self.record = {"data": str(getattr(train_set, "source", data)), "data_fingerprint": fingerprint,
                        "val_data": None if val_data is None else str(getattr(self.val_set, "source", val_data)),
-                       "val_metric": self.val_metric}
+                       "val_every": opts.val_every, "val_metric": self.val_metric, "workers": opts.workers,
+                       "backbone_weights": record.get("backbone_weights") if state else opts.backbone_weights,
+                       **self.settings}
         self._build_model(state)
         self._build_loader()
         self._build_optimizer(state)
@@ -111,12 +107,17 @@ class Trainer:
         self.global_step = state["global_step"] if state else 0
         self.best_map = state.get("best_map") if state else None
         self.best_epoch = state.get("best_epoch") if state else None
+        self.saved = describe_run(state) if state else None  # what last.pt holds
         if state:
             self._check_resume_position(state)
             restore_rng_states(state["rng"])
-        if ctx.is_main and opts.force:  # only now that everything else checked out
-            clear_previous_run(self.out)
-        self.monitor = RunMonitor(self.out, opts.tensorboard, self.verbose) if ctx.is_main else None
+        self.monitor = None
+        self.created_out = not self.out.exists()
+        if ctx.is_main:  # only now that everything else checked out
+            for line in start_run_folder(self.out, state["global_step"] if state else None, opts.force):
+                note(f"note: {line}", self.verbose)
+            self.monitor = RunMonitor(self.out, opts.tensorboard, self.verbose, header=self._schedule_line(state),
+                                      title=f"{self.out.name}: {cfg.name} on {self.record['data']}")
 
     # ---------------------------------------------------------------- setup
     def _start_state(self) -> dict | None:
@@ -146,21 +147,34 @@ class Trainer:
             raise UserError("--model is required for a new run: pass a preset name (e.g. assd-mini, assd321)")
         return wanted if isinstance(wanted, ModelConfig) else get_config(wanted)
 
-    def _recipe(self, state: dict | None) -> Recipe:
-        if self.opts.recipe is not None:
-            base = get_recipe(self.opts.recipe)
-        elif state is not None:
-            base = Recipe.from_dict(state["recipe"])
+    def _plan(self, state: dict | None, data_kind: str, fingerprint: dict) -> None:
+        """``self.recipe`` (the effective schedule) and ``self.settings`` (seed, augment, amp, BatchNorm):
+        the checkpoint's on resume (``resume.plan_resume`` refuses changes), else the options and defaults."""
+        self.changes = []
+        if state is not None:
+            plan = plan_resume(self.opts, state, fingerprint, self.out / LAST)
+            self.recipe, self.settings, self.changes = plan.recipe, plan.settings, plan.changes
+            if self.changes:
+                note(f"note: continuing with changed options (--allow-changes): {'; '.join(self.changes)}",
+                     self.verbose)
         else:
-            base = get_recipe(default_recipe_name(self.cfg.input_size, self.cfg.backbone, self.train_set.name))
-        recipe = base.with_overrides(**self.opts.recipe_overrides())
-        note(f"recipe {recipe.name}: {recipe.optimizer} lr {recipe.lr:g}, batch {recipe.batch_size} x "
-             f"{self.ctx.world_size} process(es), {recipe.epochs} epochs, lr x{recipe.gamma:g} at "
-             f"{list(recipe.milestones)}, warm-up {recipe.warmup_epochs:g} epoch(s)", self.verbose)
-        return recipe
+            name = self.opts.recipe or default_recipe_name(self.cfg.input_size, self.cfg.backbone, data_kind)
+            self.recipe = get_recipe(name).with_overrides(**self.opts.recipe_overrides())
+            given = self.opts.run_settings()
+            self.settings = {key: default if given[key] is None else given[key]
+                             for key, default in RUN_SETTING_DEFAULTS.items()}
+        note(self.recipe.describe(self.ctx.world_size) + f"; seed {self.settings['seed']}, augment "
+             f"{self.settings['augment']}", self.verbose)
+
+    def _schedule_line(self, state: dict | None) -> dict:
+        """The metrics file's record of this call's effective schedule and settings."""
+        return {"type": "schedule", "epoch": self.epoch, "global_step": self.global_step,
+                "resumed": state is not None, "changes": self.changes, "processes": self.ctx.world_size,
+                "global_batch": self.recipe.batch_size * self.ctx.world_size, "recipe": self.recipe.to_dict(),
+                **self.settings}
 
     def _build_model(self, state: dict | None) -> None:
-        torch.manual_seed(self.opts.seed)
+        torch.manual_seed(self.settings["seed"])
         weights = self.opts.backbone_weights
         if state is not None and weights not in (None, "none"):
             note(f"note: --backbone-weights {weights} ignored: resuming from {self.out / LAST}", self.verbose)
@@ -170,8 +184,7 @@ class Trainer:
         model = build_model(self.cfg, backbone_weights=None if state is not None else weights)
         if state is not None:
             model.load_state_dict(state["model"])
-        if self.opts.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = prepare_batchnorm(model, self.recipe.batch_size, self.settings, self.ctx.world_size)
         self.channels_last = self.opts.channels_last if self.opts.channels_last is not None else (
             self.device.type == "cuda")
         model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
@@ -185,8 +198,8 @@ class Trainer:
         self.criterion = MultiBoxLoss(model.priors_cxcywh, self.cfg.variances).to(self.device)
 
     def _build_loader(self) -> None:
-        samples = SeededSamples(self.train_set, self.opts.seed)
-        self.sampler = ResumableSampler(samples, self.ctx.world_size, self.ctx.rank, self.opts.seed)
+        samples = SeededSamples(self.train_set, self.settings["seed"])
+        self.sampler = ResumableSampler(samples, self.ctx.world_size, self.ctx.rank, self.settings["seed"])
         batch = self.recipe.batch_size
         self.steps_per_epoch = self.sampler.num_samples // batch
         if self.steps_per_epoch == 0:
@@ -198,7 +211,7 @@ class Trainer:
 
     def _build_optimizer(self, state: dict | None) -> None:
         self.optimizer = build_optimizer(self.model, self.recipe)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.opts.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.settings["amp"] == "fp16")
         if state is not None:
             try:
                 self.optimizer.load_state_dict(state["optimizer"])
@@ -208,7 +221,7 @@ class Trainer:
             if state.get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(state["scaler"])
         apply_recipe(self.optimizer, self.recipe, self.recipe.lr)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.opts.amp)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings["amp"])
 
     def _check_resume_position(self, state: dict) -> None:
         global_batch = self.recipe.batch_size * self.ctx.world_size
@@ -239,6 +252,9 @@ class Trainer:
             if self.epoch >= self.recipe.epochs and self.global_step == result.global_step:
                 note(f"{self.out}: nothing to do, the run already finished {self.recipe.epochs} epochs "
                      "(pass --epochs N to train longer)", self.verbose)
+        except BaseException:
+            self._remove_empty_out_dir()
+            raise
         finally:
             if self.monitor is not None:
                 self.monitor.close()
@@ -248,6 +264,11 @@ class Trainer:
         result.epochs_completed, result.global_step = self.epoch, self.global_step
         result.finished, result.best_map = self.epoch >= self.recipe.epochs, self.best_map
         return result
+
+    def _remove_empty_out_dir(self) -> None:
+        """A new run that failed before writing anything leaves no empty folder behind."""
+        if self.ctx.is_main and self.created_out and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
 
     def _step_limit_reached(self) -> bool:
         return self.opts.max_steps is not None and self.global_step >= self.opts.max_steps
@@ -259,9 +280,11 @@ class Trainer:
             if self.ctx.is_main:
                 improved = self._validate(result)
             distributed.barrier(self.ctx)
-        self._save(self.out / LAST)
-        if improved:
+        if improved:  # before last.pt: a kill in between redoes the epoch, which writes best.pt again
             self._save(self.out / BEST)
+        self._save(self.out / LAST)
+        if self.monitor is not None:
+            self.monitor.plot()
 
     def _validate(self, result: TrainResult) -> bool:
         self.model.eval()
@@ -281,6 +304,8 @@ class Trainer:
         batch = self.recipe.batch_size
         self.sampler.set_position(self.epoch, self.step_in_epoch * batch)
         self.net.train()
+        if self.settings["freeze_bn"]:
+            freeze_batchnorm(self.model)
         sums, steps, started = torch.zeros(3, dtype=torch.float64), 0, time.perf_counter()
         with progress_bar(self.epoch, self.recipe.epochs, self.steps_per_epoch, self.step_in_epoch,
                           self.verbose) as bar:
@@ -326,11 +351,14 @@ class Trainer:
         return loss, loc_loss, conf_loss
 
     def _stop_on_bad_loss(self, loss: float, loc_loss: float, conf_loss: float) -> None:
-        last = self.out / LAST
-        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
-        raise CheckFailed(f"training loss became {loss} (loc {loc_loss}, conf {conf_loss}) at step "
-                          f"{self.global_step + 1}, epoch {self.epoch + 1}: stopped; {kept}; lower --lr "
-                          "(or lengthen --warmup-epochs) and --resume, or check the data")
+        where = f"training loss became {loss} (loc {loc_loss}, conf {conf_loss}) at step {self.global_step + 1}, " \
+                f"epoch {self.epoch + 1}: stopped"
+        if self.saved is None:
+            raise CheckFailed(f"{where} before any checkpoint was written: lower --lr (or lengthen "
+                              "--warmup-epochs) and run again, or check the data")
+        raise CheckFailed(f"{where}; the last good checkpoint {self.out / LAST} ({self.saved}) is kept: lower --lr "
+                          "(or lengthen --warmup-epochs) and continue it with --resume --allow-changes, or check "
+                          "the data")
 
     # ---------------------------------------------------------------- files
     def _log(self, kind: str, values: dict, result: TrainResult) -> None:
@@ -343,11 +371,20 @@ class Trainer:
     def _save(self, path: Path) -> None:
         if not self.ctx.is_main:
             return
-        save_checkpoint(
-            self.model, path, optimizer=self.optimizer.state_dict(),
-            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            scheduler={"schedule": "linear warm-up + multistep", "lr": self.optimizer.param_groups[0]["lr"]},
-            epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
-            global_batch=self.recipe.batch_size * self.ctx.world_size, recipe=self.recipe.to_dict(),
-            options=self.record, best_map=self.best_map, best_epoch=self.best_epoch, rng=rng_states(),
-            finished=self.epoch >= self.recipe.epochs)
+        finished = self.epoch >= self.recipe.epochs
+        try:
+            save_checkpoint(
+                self.model, path, optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                scheduler={"schedule": "linear warm-up + multistep", "lr": self.optimizer.param_groups[0]["lr"]},
+                epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
+                global_batch=self.recipe.batch_size * self.ctx.world_size, recipe=self.recipe.to_dict(),
+                options=self.record, best_map=self.best_map, best_epoch=self.best_epoch, rng=rng_states(),
+                finished=finished)
+        except UserError as exc:
+            kept = (f"{self.out / LAST} still holds {self.saved}: --resume continues from there"
+                    if self.saved else "no checkpoint of this run was written yet")
+            raise UserError(f"{exc}; {kept}") from None
+        if path.name == LAST:
+            self.saved = describe_run({"epoch": self.epoch, "global_step": self.global_step,
+                                       "recipe": {"epochs": self.recipe.epochs}, "finished": finished})

@@ -1,0 +1,80 @@
+"""What ``--resume`` keeps: everything that determines the steps ahead, so a resumed run continues exactly.
+
+The checkpoint holds the effective recipe (epochs, milestones, warm-up, lr, batch, optimizer), the
+run's settings (seed, augmentation, AMP, BatchNorm mode: ``RUN_SETTING_DEFAULTS``) and a fingerprint
+of the training data. On resume, an option left out takes the run's value; an option given with
+another value would change the run mid-way and is refused, each named with the run's value, unless
+``--allow-changes``. ``--epochs`` may move the end of the run (not before the epochs already done);
+the milestones stay where they are (they are not rescaled on resume).
+
+The sample order and every sample's augmentation are functions of ``(seed, epoch, index)``
+(``assd.train.sampling``), so restoring the seed and the position (epoch, step in the epoch) restores
+every DataLoader worker's stream; the global RNG states are restored as well (``state.rng_states``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from assd.errors import UserError
+from assd.train.inputs import same_data
+from assd.train.options import RUN_SETTING_DEFAULTS, TrainOptions
+from assd.train.recipes import Recipe, get_recipe
+
+
+@dataclass
+class ResumePlan:
+    """A resumed run's recipe and settings, and what differs from the run as it was (``changes``)."""
+
+    recipe: Recipe
+    settings: dict
+    changes: list[str] = field(default_factory=list)
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _option(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def plan_resume(opts: TrainOptions, state: dict, fingerprint: dict, checkpoint: Path) -> ResumePlan:
+    """The recipe and settings to continue ``state`` with; ``UserError`` for options that would change the
+    run (without ``opts.allow_changes``) and for an ``--epochs`` before the epochs already done."""
+    record = state.get("options") or {}
+    stored = Recipe.from_dict(state["recipe"])
+    changes, settings = [], {}
+    for key, default in RUN_SETTING_DEFAULTS.items():
+        kept, given = record.get(key, default), getattr(opts, key)
+        settings[key] = kept if given is None else given
+        if given is not None and given != kept:
+            changes.append(f"{_option(key)} {_shown(given)} (run: {_shown(kept)})")
+    if opts.recipe is not None and opts.recipe != stored.name.split("+")[0]:
+        changes.append(f"--recipe {opts.recipe} (run: {stored.name})")
+    overrides = opts.recipe_overrides()
+    for key, given in overrides.items():
+        kept = getattr(stored, key)
+        if key != "epochs" and given is not None and (tuple(given) if key == "milestones" else given) != kept:
+            changes.append(f"{_option(key)} {_shown(given)} (run: {_shown(kept)})")
+    if not same_data(record.get("data_fingerprint"), fingerprint):
+        then, now = record["data_fingerprint"]["images"], fingerprint["images"]
+        spec = record.get("data") if opts.data is None else getattr(opts.data, "source", opts.data)
+        changes.append(f"--data {spec} ({now} images; the run's "
+                       f"data: {then} images" + (", other image ids)" if then == now else ")"))
+    done = state["epoch"] + (1 if state.get("step_in_epoch") else 0)
+    if opts.epochs is not None and opts.epochs < done:
+        raise UserError(f"--epochs {opts.epochs}: the run in {checkpoint.parent} has already done {done} epochs: "
+                        f"pass --epochs {done + 1} or more to train longer, or drop --epochs")
+    if changes and not opts.allow_changes:
+        raise UserError(f"{checkpoint}: resuming would change the run: {'; '.join(changes)}: an exact resume "
+                        "reuses the run's settings: drop these options, or add --allow-changes to continue "
+                        "under the new ones")
+    if opts.recipe is not None:  # a new recipe, on purpose (--allow-changes): as for a new run
+        recipe = get_recipe(opts.recipe).with_overrides(**overrides)
+    else:  # the stored milestones, not rescaled to a new --epochs
+        recipe = stored.with_overrides(**{**overrides, "milestones": overrides["milestones"] or stored.milestones})
+    return ResumePlan(recipe, settings, changes)
