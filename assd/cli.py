@@ -51,6 +51,8 @@ def _register_commands() -> None:
     cli.add_command(tensorrt.calibrate_command)
     cli.add_command(tensorrt.build_engine_command)
     cli.add_command(demo.demo_command)
+    from assd.commands.serve import serve_command
+    cli.add_command(serve_command)
 
 
 _register_commands()
