@@ -238,3 +238,38 @@ def test_serving_commands_refuse_other_hosts_and_bad_options(small_onnx, capsys)
              (("bench", "--server", f"http://127.0.0.1:{free_port()}/assd", "--requests", "1"), "no Triton server answers")]
     for args, needle in cases:
         assert needle in refusal(capsys, *args), args
+
+
+def test_detector_callable_pads_fixed_batches_and_answers_per_request(tmp_path, voc_mini_root):
+    """The callable ``assd serve`` binds, called as pytriton calls it (a list of requests), without a server."""
+    pytest.importorskip("pytriton", reason="the serve extra is not installed (pip install -e '.[serve]')")
+    from pytriton.proxy.types import Request
+
+    from assd.data.dataset import read_rgb_image
+    from assd.evaluation.predict import predict_images
+    from assd.runtime.runners import open_runner
+    from assd.serving.server import DetectorCallable
+
+    model = build_model(dataclasses.replace(get_config("assd-mini"), input_size=128)).eval()
+    export_onnx(model, tmp_path / "fixed2.onnx", batch=2)
+    export_onnx(model, tmp_path / "dynamic.onnx")
+    runner, dynamic = open_runner(str(tmp_path / "fixed2.onnx"), device="cpu"), open_runner(str(tmp_path / "dynamic.onnx"))
+    pp_cfg = PostprocessConfig.from_dict(runner.postprocess)
+    callable_ = DetectorCallable(runner, pp_cfg, rows=pp_cfg.max_detections, info_json='{"format": "x"}')
+    path = next((voc_mini_root / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))
+    request = Request({protocol.INPUT_ENCODED: np.array([[path.read_bytes()]], np.object_)},
+                      requested_output_names=[*protocol.OUTPUTS, protocol.OUTPUT_INFO])
+    [response] = callable_([request])  # one image into a batch-2 network: padded
+    direct = predict_images(dynamic.infer, [path], runner.cfg, pp_cfg, batch_size=1)[0]
+    served = protocol.unpack_detections(response)[0]
+    assert np.array_equal(served.labels, direct.labels)  # the two graphs differ in the last bits only
+    np.testing.assert_allclose(served.boxes, direct.boxes, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(served.scores, direct.scores, rtol=0, atol=1e-5)
+    assert response[protocol.OUTPUT_INFO].tolist() == [[b'{"format": "x"}']]
+    quiet = Request({protocol.INPUT_PIXELS: read_rgb_image(str(path))[None]}, parameters={"max_detections": 5},
+                    requested_output_names=list(protocol.OUTPUTS))
+    bad = Request({protocol.INPUT_ENCODED: np.array([[b"nope"]], np.object_)})
+    [response] = callable_([quiet])
+    assert response["count"].tolist() == [[5]] and protocol.OUTPUT_INFO not in response
+    with pytest.raises(protocol.BadRequest, match="request 2 of a batch of 2: image 0: 4 bytes"):
+        callable_([quiet, bad])

@@ -126,8 +126,8 @@ def pack_detections(detections: list[Detections], rows: int) -> dict[str, np.nda
 
 def unpack_detections(outputs: dict[str, np.ndarray]) -> list[Detections]:
     """``pack_detections``' inverse: one ``Detections`` (pixels) per image of a response."""
-    counts = outputs["count"].reshape(-1)
-    return [Detections(outputs["boxes"][i, :n], outputs["scores"][i, :n], outputs["classes"][i, :n])
+    counts = outputs["count"].reshape(-1)  # copies: tritonclient's arrays are read-only views of the response
+    return [Detections(outputs["boxes"][i, :n].copy(), outputs["scores"][i, :n].copy(), outputs["classes"][i, :n].copy())
             for i, n in enumerate(counts.tolist())]
 
 

@@ -87,8 +87,9 @@ class DetectorCallable:
         self.runner, self.cfg, self.postprocess_cfg, self.rows = runner, runner.cfg, postprocess_cfg, rows
         self.priors = priors_for(runner.cfg).to(runner.device)
         self.info = np.array([info_json.encode()], dtype=np.object_)
-        # A fixed-batch ONNX file takes exactly its batch: smaller batches are padded (engines take a range).
-        self.exact_batch = runner.max_batch if runner.backend.startswith("onnxruntime") else None
+        # A fixed-batch ONNX file takes exactly its batch, an engine at least its profile's minimum: the
+        # batch is padded up to that (the padding's outputs are dropped).
+        self.pad_to = runner.max_batch if runner.backend.startswith("onnxruntime") else getattr(runner, "min_batch", None)
 
     def __call__(self, requests) -> list[dict[str, np.ndarray]]:
         images, owners, settings = [], [], []
@@ -114,8 +115,8 @@ class DetectorCallable:
     def detect(self, images: list[np.ndarray], settings: list[PostprocessConfig]):
         with torch.inference_mode():
             batch = preprocess(images, self.cfg, self.runner.device)
-            if self.exact_batch and len(images) < self.exact_batch:
-                padding = batch.new_zeros((self.exact_batch - len(images), *batch.shape[1:]))
+            if self.pad_to and len(images) < self.pad_to:
+                padding = batch.new_zeros((self.pad_to - len(images), *batch.shape[1:]))
                 batch = torch.cat([batch, padding])
             loc, conf = self.runner.infer(batch)
             loc, conf = loc[: len(images)].to(self.runner.device), conf[: len(images)].to(self.runner.device)
@@ -154,9 +155,8 @@ def _server_log_tail(triton, lines: int = 15) -> str:
     return "\n".join(log.strip().splitlines()[-lines:])
 
 
-def serve(artifact: str, options: ServeOptions = ServeOptions(), echo: Callable[[str], None] = print,
-          on_ready: Callable[[], None] | None = None) -> None:
-    """Serve ``artifact`` until SIGINT/SIGTERM (or ``on_ready``'s caller's stop); see the module docstring."""
+def serve(artifact: str, options: ServeOptions = ServeOptions(), echo: Callable[[str], None] = print) -> None:
+    """Serve ``artifact`` until SIGINT or SIGTERM; see the module docstring."""
     require_serve_extra("assd serve")
     options.check()
     runners = [open_runner(artifact, device=options.device) for _ in range(options.instances)]
@@ -193,8 +193,6 @@ def serve(artifact: str, options: ServeOptions = ServeOptions(), echo: Callable[
                 raise CheckFailed(f"tritonserver did not start ({type(exc).__name__}: {exc}); its log ends:\n"
                                   f"{_server_log_tail(triton)}") from None
             _echo_ready(echo, artifact, runner, options, max_batch)
-            if on_ready is not None:
-                on_ready()
             while not stop.wait(0.5):
                 if not triton.is_alive():
                     raise CheckFailed(f"tritonserver stopped unexpectedly; its log ends:\n{_server_log_tail(triton)}")
