@@ -44,7 +44,7 @@ async def _predict_all(client: DetectionClient, dataset, postprocess_cfg: Postpr
             bar.update(1)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(max(1, in_flight))))
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
     finally:
         bar.close()
     return results, served, postprocess_cfg
@@ -59,7 +59,7 @@ def predict_via_server(url: str, dataset, postprocess_cfg: PostprocessConfig | N
     address = parse_server_url(url, "--model")
 
     async def run():
-        async with DetectionClient(address) as client:
+        async with DetectionClient(address, connections=max(100, in_flight)) as client:
             return await _predict_all(client, dataset, postprocess_cfg, in_flight, progress)
 
     return asyncio.run(run())

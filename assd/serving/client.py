@@ -83,16 +83,17 @@ class ServedModel:
 
 
 class DetectionClient:
-    """Async client of one served model (use ``async with``). Every call is bounded by ``timeout_s``."""
+    """Async client of one served model (use ``async with``). Every call is bounded by ``timeout_s``;
+    ``connections`` caps the HTTP connections (gRPC multiplexes one channel)."""
 
-    def __init__(self, address: ServerAddress, timeout_s: float = 60.0):
+    def __init__(self, address: ServerAddress, timeout_s: float = 60.0, connections: int = 100):
         require_serve_extra("talking to a Triton server")
         self.address, self.timeout_s = address, timeout_s
         if address.protocol == "http":
             import tritonclient.http as module
             from tritonclient.http import aio
 
-            self.client = aio.InferenceServerClient(address.endpoint, conn_timeout=timeout_s)
+            self.client = aio.InferenceServerClient(address.endpoint, conn_limit=connections, conn_timeout=timeout_s)
         else:
             import tritonclient.grpc as module
             from tritonclient.grpc import aio

@@ -124,7 +124,7 @@ async def _level(client: DetectionClient, payloads: list, concurrency: int, max_
 
 
 async def _run(address, payloads, levels, max_requests, max_seconds, echo) -> list[dict]:
-    async with DetectionClient(address) as client:
+    async with DetectionClient(address, connections=max(levels)) as client:
         await client.check_ready()
         warmup = 2 * max(levels)
         await _level(client, payloads, max(levels), warmup, max_seconds)  # untimed: connections, first batches

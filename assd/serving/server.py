@@ -157,8 +157,8 @@ def _server_log_tail(triton, lines: int = 15) -> str:
 
 def serve(artifact: str, options: ServeOptions = ServeOptions(), echo: Callable[[str], None] = print) -> None:
     """Serve ``artifact`` until SIGINT or SIGTERM; see the module docstring."""
-    require_serve_extra("assd serve")
     options.check()
+    require_serve_extra("assd serve")
     runners = [open_runner(artifact, device=options.device) for _ in range(options.instances)]
     runner = runners[0]
     max_batch = min(options.max_batch, runner.max_batch or options.max_batch)
