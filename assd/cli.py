@@ -39,7 +39,7 @@ def main(argv=None) -> None:
 
 def _register_commands() -> None:
     """Add every stage's commands to the group (imports stay light: heavy modules load inside commands)."""
-    from assd.commands import convert, demo, deploy, evaluation, models, tensorrt, training
+    from assd.commands import convert, demo, deploy, evaluation, models, serve, tensorrt, training
     cli.add_command(models.info)
     cli.add_command(evaluation.eval_command)
     cli.add_command(evaluation.predict_command)
@@ -52,6 +52,7 @@ def _register_commands() -> None:
     cli.add_command(tensorrt.build_engine_command)
     cli.add_command(demo.demo_command)
     cli.add_command(convert.convert_command)
+    cli.add_command(serve.serve_command)
 
 
 _register_commands()

@@ -10,7 +10,7 @@ from assd.errors import UserError
 @click.command("export")
 @click.argument("model")
 @click.option("--onnx", "to_onnx", is_flag=True, help="Export to ONNX (the one artifact format).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .onnx file.")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--with-postprocess", is_flag=True, help="Decode + NonMaxSuppression inside the graph.")
@@ -22,11 +22,23 @@ from assd.errors import UserError
 @click.option("--no-parity", is_flag=True, help="Skip the ONNX Runtime parity check.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16: half-precision graph, attention scores/softmax and I/O in fp32 (int8: 'assd calibrate').")
+@click.option("--triton", "triton_repo", type=click.Path(file_okay=False), default=None,
+              help="Write a Triton model repository for MODEL (.onnx or .engine) into this new folder instead.")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="--triton: max batch of a dynamic ONNX file.")
 def export_command(model, to_onnx, output, opset, batch, with_postprocess, attention_op, max_detections,
-                   parity_images, no_parity, precision):
+                   parity_images, no_parity, precision, triton_repo, max_batch):
     """Export MODEL (checkpoint or preset) to ONNX, then check parity with ONNX Runtime."""
     from assd.export.workflow import export_and_check
 
+    if triton_repo is not None:  # 'assd export --triton REPO ARTIFACT' (assd/serving/repository.py)
+        from assd.serving.repository import write_repository
+
+        if to_onnx or output:
+            raise UserError("--triton writes a model repository from an .onnx or .engine file: give no --onnx or -o")
+        write_repository(triton_repo, model, max_batch=max_batch, echo=click.echo)
+        return
+    if output is None:
+        raise UserError("give the output file: -o model.onnx")
     if not to_onnx:
         raise UserError("choose an export format: --onnx (the only format; TensorRT engines come from "
                         "'assd build-engine model.onnx')")
@@ -50,11 +62,24 @@ def export_command(model, to_onnx, output, opset, batch, with_postprocess, atten
 @click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False), help="Write the table as Markdown.")
 @click.option("--report", "reports", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Merge saved --json runs (from any machine) into one table instead of measuring.")
+@click.option("--server", default=None, help="Load a served model instead: http://HOST:PORT/MODEL or grpc://...")
+@click.option("--concurrency", default="1,2,4,8", show_default=True, help="--server: requests in flight, per level.")
+@click.option("--requests", "num_requests", type=int, default=None, help="--server: requests per level (default 200).")
+@click.option("--seconds", type=float, default=None, help="--server: seconds per level (instead of --requests).")
+@click.option("--images", multiple=True, help="--server: image files/folders to send (default: synthetic pixels).")
 def bench(artifacts, batches, iters, warmup, device, precision, use_compile, json_out, csv_out, markdown_out,
-          reports):
+          reports, server, concurrency, num_requests, seconds, images):
     """Time ARTIFACTS (.pt, .onnx, .engine, presets): FPS, latency, stages, Table-2 columns."""
     from assd.bench.run import merge_reports, parse_batches, run_bench
 
+    if server is not None:  # a model served by 'assd serve' (or a repository from 'assd export --triton')
+        from assd.serving.loadtest import parse_concurrency, run_server_bench
+
+        if artifacts or reports:
+            raise UserError("--server measures a running server: give no ARTIFACTS or --report with it")
+        run_server_bench(server, parse_concurrency(concurrency), num_requests, seconds, list(images) or None,
+                         json_out=json_out, markdown_out=markdown_out, echo=click.echo)
+        return
     if reports:
         merge_reports(list(reports), markdown_out=markdown_out, csv_out=csv_out, echo=click.echo)
         return
@@ -83,6 +108,8 @@ def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch
     from assd.evaluation.engine_parity import check_parity, eval_engine, print_parity
     from assd.utils import atomic_write_json
 
+    if artifact.startswith(("http://", "grpc://")):  # a model served by 'assd serve'
+        from assd.serving.accuracy import eval_engine_via_server as eval_engine
     parity = eval_engine(artifact, data_spec, reference=reference, metric=metric, tolerance=tolerance,
                          batch_size=batch_size, device=device, limit=limit)
     print_parity(parity, artifact, reference, click.echo)

@@ -33,7 +33,7 @@ def _postprocess_click_options(score_threshold: float):
 
 @click.command("eval")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
-              help="Artifact to evaluate: checkpoint (.pt), .onnx or .engine.")
+              help="Artifact to evaluate: checkpoint (.pt), .onnx, .engine, or a server URL http://HOST:PORT/MODEL.")
 @click.option("--detections", "detections_path", type=click.Path(dir_okay=False),
               help="Evaluate precomputed detections (COCO results JSON) instead of a model.")
 @click.option("--data", "data_spec", required=True,
@@ -59,7 +59,12 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
     dataset = parse_data_spec(data_spec, train=False)
     if limit is not None:
         dataset = FirstImages(dataset, limit)
-    if model_path is not None:
+    if model_path is not None and model_path.startswith(("http://", "grpc://")):  # served by 'assd serve'
+        from assd.serving.accuracy import evaluate_via_server
+
+        pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
+        result = evaluate_via_server(model_path, dataset, metric, pp_cfg, in_flight=batch_size)
+    elif model_path is not None:
         from assd.evaluation import predict_dataset
         from assd.runtime.runners import open_runner
 
