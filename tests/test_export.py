@@ -191,3 +191,12 @@ def test_export_cli_bad_inputs(tmp_path):
         result = run(*args)
         assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_match_detections_matches_equal_zero_area_boxes():
+    # Boxes clipped flat against the image edge have no area (IoU undefined): equal ones still match.
+    flat = Detections(np.array([[1.0, 0.2, 1.0, 0.6], [0.1, 0.1, 0.3, 0.3]], np.float32),
+                      np.array([0.9, 0.5], np.float32), np.array([1, 2]))
+    assert match_detections(flat, flat) == (2, 0.0)
+    moved = Detections(flat.boxes + np.float32(0.001), flat.scores, flat.labels)
+    assert match_detections(flat, moved)[0] == 1  # the flat box moved: no match; the other one IoU 0.98

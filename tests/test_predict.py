@@ -131,3 +131,20 @@ def test_attention_errors(tmp_path, mini_checkpoint, capsys):
         code, _, stderr = run_cli(capsys, "attention", "--model", model, tmp_path / "photo.png", "--out",
                                   tmp_path / "out", "--device", "cpu", *extra)
         assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_default_query_stays_inside_the_image_for_a_box_flat_on_the_edge(monkeypatch):
+    from assd.evaluation import attention_maps
+    from assd.runtime.postprocess import Detections
+
+    class Model:  # only what default_query touches
+        cfg = get_config("assd-mini", num_classes=3)
+        priors_cxcywh = None
+
+        def __call__(self, batch):
+            return None, None
+
+    flat = Detections(np.array([[1.0, 0.2, 1.0, 1.0]], np.float32), np.array([0.9], np.float32), np.array([1]))
+    monkeypatch.setattr(attention_maps, "detect", lambda *args, **kwargs: [flat])
+    (x, y), how = attention_maps.default_query(Model(), torch.zeros(1), 214, 224)
+    assert 0 <= x < 214 and 0 <= y < 224 and "best detection" in how

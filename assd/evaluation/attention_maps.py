@@ -52,7 +52,9 @@ def default_query(model, batch: torch.Tensor, width: int, height: int) -> tuple[
         return (width / 2, height / 2), "image center (no detection)"
     x1, y1, x2, y2 = dets.boxes[0].tolist()
     name = model.cfg.class_names[int(dets.labels[0]) - 1]
-    return ((x1 + x2) / 2, (y1 + y2) / 2), f"center of the best detection ({name} {dets.scores[0]:.2f})"
+    # A box clipped flat against the right/bottom edge has its center on the edge: keep it a pixel inside.
+    center = (min((x1 + x2) / 2, width - 0.5), min((y1 + y2) / 2, height - 0.5))
+    return center, f"center of the best detection ({name} {dets.scores[0]:.2f})"
 
 
 def attention_maps(model, image: np.ndarray, query_xy: tuple[float, float] | None = None,

@@ -71,6 +71,11 @@ def match_detections(reference, candidate, iou_threshold: float = 0.9) -> tuple[
     if len(ref_boxes) == 0 or len(cand_boxes) == 0:
         return 0, 0.0
     iou = box_iou(ref_boxes.float(), cand_boxes.float())  # [R, K]
+    # Boxes clipped flat against an image edge have zero area, so no IoU matches them: equal coordinates
+    # (within float noise of the boxes' scale) count as a match too.
+    scale = max(1.0, float(ref_boxes.abs().max()))
+    same_box = (ref_boxes.float()[:, None, :] - cand_boxes.float()[None, :, :]).abs().amax(dim=-1) <= 1e-4 * scale
+    iou = torch.where(same_box, torch.ones_like(iou), iou)
     same_class = torch.as_tensor(reference.labels)[:, None] == torch.as_tensor(candidate.labels)[None, :]
     iou = torch.where(same_class, iou, torch.zeros_like(iou))
     best_iou, best = iou.max(dim=1)
