@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from assd.errors import UserError
+from assd.errors import UserError, short_reason
 from assd.runtime.base import Runner
 from assd.runtime.metadata import read_metadata
 
@@ -33,7 +33,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable": reported as one line
-            raise UserError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+            raise UserError(f"{path}: ONNX Runtime cannot load it ({short_reason(exc)})") from None
         self.device = torch.device("cuda") if providers[0] != "CPUExecutionProvider" else torch.device("cpu")
         self.providers = self.session.get_providers()
         if providers[0] == "TensorrtExecutionProvider":
