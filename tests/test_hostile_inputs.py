@@ -319,3 +319,35 @@ def test_torch_save_on_a_full_disk_becomes_one_enospc_error(tmp_path):
     result = run_case(["unshare", "-Urm", "sh", "-c", script], tmp_path)
     assert result.returncode == 1 and "UserError" in result.stderr
     assert f"{folder}/last.pt: cannot write (ENOSPC" in result.stderr.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------- metadata vs graph, in-process (item 8)
+
+@pytest.mark.parametrize("changes, message", [
+    ({"props": {"assd.batch": "-3"}}, "assd.batch is '-3'"),
+    ({"props": {"assd.precision": "fp8"}}, "assd.precision is 'fp8'"),
+    ({"props": {"assd.postprocess": '{"nms_iou": 7}'}}, "assd.postprocess: NMS IoU threshold 7"),
+    ({"props": {"assd.postprocess": "[1, 2]"}}, "assd.postprocess is not a JSON object"),
+    ({"props": {"assd.model_config": "{not json"}}, "damaged assd metadata"),
+    ({"batch": "3"}, "assd.batch is 'dynamic' but the graph's batch is fixed at 3"),
+])
+def test_metadata_is_validated_against_the_graph(tmp_path, changes, message):
+    from assd.errors import UserError
+    from assd.runtime.metadata import read_metadata
+
+    path = tmp_path / "m.onnx"
+    props = changes.get("props", {})
+    if "batch" in changes:  # a fixed-batch graph whose metadata still says dynamic
+        fake_assd_onnx(path, tiny_config(), batch=changes["batch"], props={"assd.batch": "dynamic"})
+    else:
+        fake_assd_onnx(path, tiny_config(), props=props)
+    with pytest.raises(UserError, match="m.onnx: ") as error:
+        read_metadata(path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_consistent_fake_graph_passes_the_metadata_check(tmp_path):
+    from assd.runtime.metadata import read_metadata
+
+    fake_assd_onnx(tmp_path / "ok.onnx", tiny_config(), batch="2")
+    assert read_metadata(tmp_path / "ok.onnx").fixed_batch == 2

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,29 @@ def test_short_reason_keeps_whole_words():
     assert reason.endswith("...") and len(reason) <= 63 and reason[:-3].endswith("word")
     assert short_reason(RuntimeError("\n  first line  \nsecond")) == "first line"
     assert short_reason(RuntimeError("")) == "RuntimeError"
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from assd.paths import temp_dir, temp_file_beside
+fd, name = temp_file_beside(sys.argv[1])
+os.write(fd, b"half a model")
+with temp_dir("export") as folder:
+    (folder / "fp32.onnx").write_bytes(b"half a graph")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_leftovers_of_a_kill_9_are_removed_by_the_next_run(tmp_path, monkeypatch):
+    target, scratch = tmp_path / "model.onnx", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(target)], env=env, check=False)
+    assert killed.returncode == -9
+    assert len(list(tmp_path.glob(".model.onnx.*.tmp"))) == 1 and len(list(scratch.glob("assd-export-*"))) == 1
+    atomic_write_bytes(target, b"whole model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "tmp"]
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    with temp_dir("export"):
+        assert next(p.name for p in scratch.iterdir()).startswith(f"assd-export-{os.getpid()}-")
+    assert list(scratch.iterdir()) == []
