@@ -57,7 +57,11 @@ PathLike = str | os.PathLike
 
 
 def _resolved(path: PathLike) -> Path:
-    return Path(path).expanduser().resolve()
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise UserError(f"{path}: cannot resolve this path ({exc}): remove the symlink loop or choose another "
+                        "path") from None
 
 
 def _errno_text(code: int) -> str:

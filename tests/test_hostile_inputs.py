@@ -118,8 +118,10 @@ def snapshot(*roots: Path) -> dict[str, str]:
         for path in sorted(root.rglob("*")):
             if path.name == ".ses" and path.parent.name == "tmp":
                 continue
-            key = str(path)
-            state[key] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+            if path.is_symlink():
+                state[str(path)] = f"link to {os.readlink(path)}"
+            else:
+                state[str(path)] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return state
 
 
@@ -174,6 +176,8 @@ CASES = [
     # Outputs that cannot be written, refused before the work (item 7)
     ("eval-json-parent-is-a-file", "eval --model {art}/mini.pt --data synthetic:2 --json {art}/notadir.txt/r.json",
      "ENOTDIR"),
+    ("bench-json-symlink-loop", "bench {art}/mini.onnx --json {out}/loop.json", "cannot resolve this path"),
+    ("eval-unknown-device", "eval --model {art}/mini.pt --data synthetic:2 --device tpu", "--device tpu: not a device"),
     ("bench-json-is-a-folder", "bench {art}/mini.onnx --json {art}/photos", "is a directory"),
     ("predict-out-is-a-file", "predict --model {art}/mini.pt {art}/photos --out {art}/notadir.txt",
      "is a file"),
@@ -229,6 +233,8 @@ def test_hostile_input_is_one_line_and_changes_nothing(art, tmp_path, args, expe
     (tmp_path / "tmp").mkdir()
     if "link.onnx" in args:
         (tmp_path / "link.onnx").symlink_to(art / "mini.pt")
+    if "loop.json" in args:
+        (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
     if "attention_grid.png" in args:
         write_photo(tmp_path / "attention_grid.png", 3)
     before = snapshot(art, tmp_path)
