@@ -112,17 +112,17 @@ def _check_writable(option: str, path: Path, is_folder: bool) -> None:
     """UserError unless ``path`` (a file or a folder to create/fill) can be written by this process."""
     target = path if is_folder else path.parent
     if not is_folder and path.is_dir():
-        raise UserError(f"{option} {path}: cannot write ({_errno_text(errno.EISDIR)}): {_HINTS[errno.EISDIR]}")
+        raise UserError(f"{path} ({option}): cannot write ({_errno_text(errno.EISDIR)}): {_HINTS[errno.EISDIR]}")
     if is_folder and path.exists() and not path.is_dir():
-        raise UserError(f"{option} {path}: cannot write ({_errno_text(errno.ENOTDIR)}): it is a file, not a "
+        raise UserError(f"{path} ({option}): cannot write ({_errno_text(errno.ENOTDIR)}): it is a file, not a "
                         "folder: choose a folder")
     ancestor = _existing_ancestor(target)
     if not ancestor.is_dir():
-        raise UserError(f"{option} {path}: cannot write ({_errno_text(errno.ENOTDIR)}): {ancestor} is a file, "
+        raise UserError(f"{path} ({option}): cannot write ({_errno_text(errno.ENOTDIR)}): {ancestor} is a file, "
                         "not a folder: choose another location")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         code = errno.EROFS if _read_only(ancestor) else errno.EACCES
-        raise UserError(f"{option} {path}: cannot write ({_errno_text(code)}): {_HINTS[code]}")
+        raise UserError(f"{path} ({option}): cannot write ({_errno_text(code)}): {_HINTS[code]}")
 
 
 def _read_only(folder: Path) -> bool:
@@ -141,10 +141,12 @@ def check_outputs(inputs: Iterable[PathLike | None], files: Mapping[str, PathLik
     def claim(option: str, path: Path) -> None:
         resolved = _resolved(path)
         if resolved in input_paths:
-            raise UserError(f"{option} {path}: is an input of this command ({input_paths[resolved]}); writing it "
-                            "would destroy the input: choose another output path")
+            original = input_paths[resolved]
+            same = "" if Path(path) == original else f" ({original})"
+            raise UserError(f"{path} ({option}): is an input of this command{same}; writing it would destroy the "
+                            "input: choose another output path")
         if resolved in claimed and claimed[resolved] != option:
-            raise UserError(f"{option} {path}: is also the output of {claimed[resolved]}: give each output its "
+            raise UserError(f"{path} ({option}): is also the output of {claimed[resolved]}: give each output its "
                             "own path")
         claimed[resolved] = option
 
@@ -159,7 +161,7 @@ def check_outputs(inputs: Iterable[PathLike | None], files: Mapping[str, PathLik
         folder = Path(folder)
         _check_writable(option, folder, is_folder=True)
         if _resolved(folder) in input_paths:
-            raise UserError(f"{option} {folder}: is an input folder of this command; writing into it would mix "
+            raise UserError(f"{folder} ({option}): is an input folder of this command; writing into it would mix "
                             "outputs with (or replace) the inputs: choose another folder")
         for name in names:
             claim(option, folder / name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import subprocess
 import sys
@@ -191,3 +192,15 @@ def test_export_cli_bad_inputs(tmp_path):
         result = run(*args)
         assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_fixed_batch_larger_than_the_parity_images_is_checked_on_whole_batches(tmp_path):
+    from assd.export.workflow import export_and_check
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(get_config("assd-mini"), input_size=64)).eval()
+    save_checkpoint(model, tmp_path / "mini.pt")
+    lines = []
+    report = export_and_check(str(tmp_path / "mini.pt"), str(tmp_path / "b8.onnx"), batch=8, echo=lines.append)
+    assert report.images == 8 and read_metadata(tmp_path / "b8.onnx").fixed_batch == 8  # 4 photos, cycled
+    assert lines[-1] == "parity OK"

@@ -20,8 +20,7 @@ from assd.bench.timing import benchmark, peak_host_memory_mb
 from assd.errors import UserError
 from assd.models.limits import check_runners_memory
 from assd.paths import check_outputs
-from assd.runtime.engine_info import sidecar_path
-from assd.runtime.runners import open_runner
+from assd.runtime.runners import artifact_files, open_runner
 from assd.utils import atomic_write_json, atomic_write_text
 
 
@@ -42,7 +41,7 @@ def run_bench(artifacts: list[str], batch_sizes: list[int], iters: int = 20, war
     """Benchmark ``artifacts`` at every batch size; returns the report (also written where asked)."""
     if iters < 1 or warmup < 0:
         raise UserError(f"--iters {iters} / --warmup {warmup}: need iters >= 1 and warmup >= 0")
-    inputs = [*artifacts, *(sidecar_path(a) for a in artifacts)]
+    inputs = [path for artifact in artifacts for path in artifact_files(artifact)]
     check_outputs(inputs, files={"--json": json_out, "--csv": csv_out, "--markdown": markdown_out})
     runners = [open_runner(a, device=device, precision=precision, compile=compile) for a in artifacts]
     for runner in runners:

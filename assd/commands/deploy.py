@@ -82,10 +82,10 @@ def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch
     from assd.data import data_spec_inputs
     from assd.evaluation.engine_parity import check_parity, eval_engine, print_parity
     from assd.paths import check_outputs
-    from assd.runtime.engine_info import sidecar_path
+    from assd.runtime.runners import artifact_files
     from assd.utils import atomic_write_json
 
-    check_outputs([artifact, sidecar_path(artifact), reference, *data_spec_inputs(data_spec)],
+    check_outputs([*artifact_files(artifact), *artifact_files(reference), *data_spec_inputs(data_spec)],
                   files={"--json": json_out})
     parity = eval_engine(artifact, data_spec, reference=reference, metric=metric, tolerance=tolerance,
                          batch_size=batch_size, device=device, limit=limit)

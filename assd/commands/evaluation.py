@@ -14,13 +14,6 @@ def _check_batch_size(batch_size: int) -> None:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
 
 
-def _artifact_inputs(model_path: str | None) -> list:
-    """Files an artifact brings besides itself (a TensorRT engine's JSON sidecar)."""
-    from assd.runtime.engine_info import sidecar_path
-
-    return [sidecar_path(model_path)] if model_path else []
-
-
 def _open_checked_runner(model_path: str, device: str, batch_size: int, command: str):
     """The runner for ``model_path`` (.pt, .onnx, .engine), refused when ``batch_size`` is more than it
     accepts or than memory holds."""
@@ -83,12 +76,13 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
     from assd.evaluation.report import ap_table
     from assd.evaluation.results_json import load_coco_results
     from assd.paths import check_outputs
+    from assd.runtime.runners import artifact_files
     from assd.utils import atomic_write_json
 
     if (model_path is None) == (detections_path is None):
         raise UserError("assd eval: give either --model CHECKPOINT or --detections FILE.json (exactly one)")
     _check_batch_size(batch_size)
-    check_outputs([model_path, detections_path, *_artifact_inputs(model_path), *data_spec_inputs(data_spec)],
+    check_outputs([*artifact_files(model_path), detections_path, *data_spec_inputs(data_spec)],
                   files={"--json": json_out})
     pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
     dataset = parse_data_spec(data_spec, train=False)
@@ -135,10 +129,11 @@ def predict_command(model_path, sources, out_dir, batch_size, device, score_thre
         write_predictions,
     )
     from assd.paths import check_outputs
+    from assd.runtime.runners import artifact_files
 
     _check_batch_size(batch_size)
     paths = collect_images(sources)
-    check_outputs([model_path, *_artifact_inputs(model_path), *sources, *paths],
+    check_outputs([*artifact_files(model_path), *sources, *paths],
                   folders={"--out": (out_dir, [*output_names(paths, out_dir), DETECTIONS_FILE])})
     pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
     runner = _open_checked_runner(model_path, device, batch_size, "predict")

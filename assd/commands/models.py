@@ -21,7 +21,8 @@ def info(model, num_classes, as_json):
     from assd.models.stats import count_parameters, describe
 
     if num_classes is not None and not 2 <= num_classes <= MAX_CLASSES:  # before any name list is built
-        raise UserError(f"--num-classes {num_classes}: must be in 2..{MAX_CLASSES} (background included)")
+        raise UserError(f"--num-classes {num_classes}: must be at least 2 and at most {MAX_CLASSES} (background "
+                        "included)")
     if model in PRESETS:
         facts = describe(get_config(model, num_classes=num_classes))
     else:
