@@ -20,6 +20,7 @@ import resource
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -110,6 +111,17 @@ def art(tmp_path_factory) -> Path:
     return folder
 
 
+_HASHES: dict[tuple, str] = {}  # (path, inode, size, mtime_ns, ctime_ns) -> sha256: a file is re-read when any moves
+
+
+def _file_hash(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _HASHES[key]
+
+
 def snapshot(*roots: Path) -> dict[str, str]:
     """Every file (content hash) and folder under ``roots``, except ONNX Runtime's ``$TMPDIR/.ses`` (a
     session id it keeps in the temp folder of every machine; not ours, not the user's)."""
@@ -121,7 +133,7 @@ def snapshot(*roots: Path) -> dict[str, str]:
             if path.is_symlink():
                 state[str(path)] = f"link to {os.readlink(path)}"
             else:
-                state[str(path)] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+                state[str(path)] = "dir" if path.is_dir() else _file_hash(path)
     return state
 
 
@@ -228,19 +240,35 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, expected", [pytest.param(a, e, id=i) for i, a, e in CASES])
-def test_hostile_input_is_one_line_and_changes_nothing(art, tmp_path, args, expected):
-    (tmp_path / "tmp").mkdir()
+def _run_hostile_case(art: Path, folder: Path, args: str):
+    """``(files before, files after, result)`` of one case run in its own ``folder``."""
+    (folder / "tmp").mkdir()
     if "link.onnx" in args:
-        (tmp_path / "link.onnx").symlink_to(art / "mini.pt")
+        (folder / "link.onnx").symlink_to(art / "mini.pt")
     if "loop.json" in args:
-        (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+        (folder / "loop.json").symlink_to(folder / "loop.json")
     if "attention_grid.png" in args:
-        write_photo(tmp_path / "attention_grid.png", 3)
-    before = snapshot(art, tmp_path)
-    result = run_case(cli_command(shlex.split(args.format(art=art, out=tmp_path))), tmp_path)
+        write_photo(folder / "attention_grid.png", 3)
+    before = snapshot(art, folder)
+    result = run_case(cli_command(shlex.split(args.format(art=art, out=folder))), folder)
+    return before, snapshot(art, folder), result
+
+
+@pytest.fixture(scope="module")
+def hostile_results(art, tmp_path_factory) -> dict:
+    """Every case of ``CASES``, run once, two subprocesses at a time (each starts Python, torch and
+    ONNX Runtime: ~3 s of CPU), each in its own folder; the tests below check one result each."""
+    folders = {case_id: tmp_path_factory.mktemp(case_id) for case_id, _, _ in CASES}
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        futures = {case_id: pool.submit(_run_hostile_case, art, folders[case_id], args) for case_id, args, _ in CASES}
+        return {case_id: future.result() for case_id, future in futures.items()}
+
+
+@pytest.mark.parametrize("case_id, expected", [pytest.param(i, e, id=i) for i, _, e in CASES])
+def test_hostile_input_is_one_line_and_changes_nothing(hostile_results, case_id, expected):
+    before, after, result = hostile_results[case_id]
     assert_one_line_refusal(result, expected)
-    assert snapshot(art, tmp_path) == before, "a file was created or changed"
+    assert after == before, "a file was created or changed"
 
 
 def test_predict_into_the_folder_of_a_source_image_never_replaces_it(art, tmp_path):

@@ -71,6 +71,7 @@ def _postprocess_click_options(score_threshold: float):
 def eval_command(model_path, detections_path, data_spec, metric, json_out, limit, batch_size, device,
                  score_threshold, nms_iou, top_k, max_detections):
     """Per-class AP and mAP of a checkpoint (or of a detections file) on a dataset."""
+    _check_batch_size(batch_size)  # options first: before the heavy imports
     from assd.data import data_spec_inputs, parse_data_spec
     from assd.evaluation import FirstImages, check_class_names, evaluate_detections
     from assd.evaluation.report import ap_table
@@ -81,7 +82,6 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
 
     if (model_path is None) == (detections_path is None):
         raise UserError("assd eval: give either --model CHECKPOINT or --detections FILE.json (exactly one)")
-    _check_batch_size(batch_size)
     check_outputs([*artifact_files(model_path), detections_path, *data_spec_inputs(data_spec)],
                   files={"--json": json_out})
     pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
@@ -121,6 +121,7 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
 @_postprocess_click_options(score_threshold=0.3)
 def predict_command(model_path, sources, out_dir, batch_size, device, score_threshold, nms_iou, top_k, max_detections):
     """Detect objects in SOURCES (image files or folders): detections.json + images with boxes drawn."""
+    _check_batch_size(batch_size)  # options first: before the heavy imports
     from assd.evaluation.predict import (
         DETECTIONS_FILE,
         collect_images,
@@ -131,7 +132,6 @@ def predict_command(model_path, sources, out_dir, batch_size, device, score_thre
     from assd.paths import check_outputs
     from assd.runtime.runners import artifact_files
 
-    _check_batch_size(batch_size)
     paths = collect_images(sources)
     check_outputs([*artifact_files(model_path), *sources, *paths],
                   folders={"--out": (out_dir, [*output_names(paths, out_dir), DETECTIONS_FILE])})
@@ -152,6 +152,9 @@ def predict_command(model_path, sources, out_dir, batch_size, device, score_thre
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 def attention_command(model_path, image, out_dir, query, maps_spec, device):
     """Attention maps of one query position on every prediction map (the paper's Figure 3)."""
+    if Path(model_path).suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):  # before the heavy imports
+        raise UserError(f"{model_path}: attention maps need a .pt checkpoint (they are read inside the PyTorch "
+                        "network): pass the checkpoint this file was exported from")
     from assd.data import read_rgb_image
     from assd.evaluation.attention_maps import attention_file_names, attention_maps, write_attention
     from assd.models.checkpoint import load_checkpoint
@@ -161,9 +164,6 @@ def attention_command(model_path, image, out_dir, query, maps_spec, device):
 
     query_xy = _parse_number_list(query, "--query", "X,Y in pixels, e.g. 120,80", float, 2) if query else None
     maps = None if maps_spec == "all" else _parse_number_list(maps_spec, "--maps", "'all' or indices, e.g. 0,2", int)
-    if Path(model_path).suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
-        raise UserError(f"{model_path}: attention maps need a .pt checkpoint (they are read inside the PyTorch "
-                        "network): pass the checkpoint this file was exported from")
     torch_device = resolve_device(device)
     pixels = read_rgb_image(image)
     model = load_checkpoint(model_path)
