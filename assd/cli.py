@@ -6,6 +6,7 @@ user can fix (``UserError``) print one line and exit 2; failed checks (``CheckFa
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -26,12 +27,23 @@ def main(argv=None) -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # click's own usage errors, in one line like ours
+        context = getattr(exc, "ctx", None)
+        hint = f" (see '{context.command_path} --help')" if context is not None else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
         sys.exit(exc.exit_code)
     except (UserError, CheckFailed) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a filesystem fault no command turned into a UserError: still one line, exit 2
+        where = f"{exc.filename}: " if exc.filename else ""
+        code = errno.errorcode.get(exc.errno, exc.errno) if exc.errno else type(exc).__name__
+        click.echo(f"error: {where}{exc.strerror or exc} ({code})", err=True)
+        sys.exit(UserError.exit_code)
+    except MemoryError:
+        click.echo("error: out of memory: use a smaller --batch / --batch-size or input, or a machine with more "
+                   "memory", err=True)
+        sys.exit(UserError.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)

@@ -1,26 +1,33 @@
-"""Small shared helpers: atomic file writes (temp file in the same folder, then rename)."""
+"""Small shared helpers: atomic file writes (temp file in the same folder, then rename).
+
+A failed write (disk full, read-only folder, a parent that is a file) is one ``UserError`` line naming
+the file and the errno, and leaves neither a partial file at ``path`` nor a temp file beside it; temp
+files of killed processes are removed by the next write of the same file (``assd.paths``).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from assd.paths import temp_file_beside, writing
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = temp_file_beside(path)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; outputs are ordinary files
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

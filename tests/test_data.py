@@ -235,7 +235,7 @@ def test_corrupt_image_raises_for_eval_and_is_skipped_in_training(tmp_path):
     corrupt = year / "JPEGImages" / "img001.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     dataset = parse_data_spec(f"voc:{tmp_path}")
-    with pytest.raises(UserError, match=r"img001\.jpg: missing, unreadable or corrupt image"):
+    with pytest.raises(UserError, match=r"img001\.jpg: corrupt image file"):
         dataset.load_image(1)
     with pytest.raises(UserError, match=r"img001\.jpg"):
         dataset.__getitem__(1)
@@ -295,3 +295,58 @@ def test_bad_specs_name_the_spec_and_the_accepted_forms(spec, message):
 def test_missing_voc_root_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="VOC root folder not found"):
         parse_data_spec(f"voc:{tmp_path / 'nowhere'}")
+
+
+# ---------------------------------------------------------------- issue 11: one size rule, truncated JPEGs, COCO
+
+def test_the_images_real_size_wins_over_its_annotation_in_eval_and_training(tmp_path, caplog):
+    year = _write_voc(tmp_path, [[("dog", 5, 5, 90, 70)], [("cat", 5, 5, 30, 30)]])  # annotated as 64x48
+    cv2.imwrite(str(year / "JPEGImages" / "img000.jpg"), np.full((90, 120, 3), 90, np.uint8))  # really 120x90
+    evaluation = parse_data_spec(f"voc:{tmp_path}")
+    assert evaluation.annotation(0).boxes.tolist() == [[4, 4, 64, 48]]  # clipped to the wrong size ...
+    with caplog.at_level(logging.WARNING, logger="assd.data"):
+        evaluation.load_image(0)
+    np.testing.assert_array_equal(evaluation.annotation(0).boxes, [[4, 4, 90, 70]])  # ... until the image is seen
+    assert (evaluation.annotation(0).width, evaluation.annotation(0).height) == (120, 90)
+    assert "img000.jpg: image is 120x90 but its annotation says 64x48: using the image's size" in caplog.text
+    assert [file for file, _ in evaluation.size_mismatches] == [str(year / "JPEGImages" / "img000.jpg")]
+    training = parse_data_spec(f"voc:{tmp_path}", train=True, input_size=32)
+    image, target = training[0]  # served, not refused: the same rule as evaluation
+    assert image.shape == (3, 32, 32) and training.skipped == [] and len(target["labels"]) == 1
+    headers_only = parse_data_spec(f"voc:{tmp_path}")
+    headers_only.use_real_image_sizes()  # eval --detections: no image is decoded
+    np.testing.assert_array_equal(headers_only.annotation(0).boxes, [[4, 4, 90, 70]])
+
+
+def test_truncated_jpeg_is_unreadable_in_eval_and_skipped_by_name_in_training(tmp_path):
+    year = _write_voc(tmp_path, [[("dog", 5, 5, 30, 30)]] * 3)
+    photo = year / "JPEGImages" / "img001.jpg"
+    cv2.imwrite(str(photo), np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    data = photo.read_bytes()
+    photo.write_bytes(data[: len(data) * 2 // 3])
+    assert cv2.imread(str(photo)) is not None  # OpenCV alone decodes it (grey rows, unnamed libjpeg warning)
+    dataset = parse_data_spec(f"voc:{tmp_path}")
+    with pytest.raises(UserError, match=r"img001\.jpg: corrupt image file: a truncated or malformed JPEG"):
+        dataset.load_image(1)
+    training = parse_data_spec(f"voc:{tmp_path}", train=True, input_size=32)
+    training[1]  # the next sample is served instead
+    assert training.skipped[0][0] == str(photo) and "truncated" in training.skipped[0][1]
+
+
+def test_jpeg_completeness_follows_the_marker_chain():
+    from assd.data.images import jpeg_is_complete
+
+    _ok, encoded = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    data = encoded.tobytes()
+    assert jpeg_is_complete(data) and jpeg_is_complete(data + b"trailing bytes after EOI")
+    assert not any(jpeg_is_complete(data[:cut]) for cut in (4, 100, len(data) // 2, len(data) - 1))
+
+
+@pytest.mark.parametrize("content, missing", [({}, "images"), ({"images": [], "annotations": []}, "categories"),
+                                              ({"images": [], "annotations": [], "categories": {}}, "categories")])
+@pytest.mark.parametrize("train", [False, True])
+def test_coco_json_without_categories_is_one_line_for_eval_and_training(tmp_path, content, missing, train):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "ann.json").write_text(json.dumps(content))
+    with pytest.raises(UserError, match=rf"ann\.json: not a (valid )?COCO instances json.*'?{missing}"):
+        parse_data_spec(f"coco:{tmp_path / 'images'}:{tmp_path / 'ann.json'}", train=train, input_size=32)

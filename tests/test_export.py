@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import subprocess
 import sys
@@ -200,3 +201,15 @@ def test_match_detections_matches_equal_zero_area_boxes():
     assert match_detections(flat, flat) == (2, 0.0)
     moved = Detections(flat.boxes + np.float32(0.001), flat.scores, flat.labels)
     assert match_detections(flat, moved)[0] == 1  # the flat box moved: no match; the other one IoU 0.98
+
+
+def test_fixed_batch_larger_than_the_parity_images_is_checked_on_whole_batches(tmp_path):
+    from assd.export.workflow import export_and_check
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(get_config("assd-mini"), input_size=64)).eval()
+    save_checkpoint(model, tmp_path / "mini.pt")
+    lines = []
+    report = export_and_check(str(tmp_path / "mini.pt"), str(tmp_path / "b8.onnx"), batch=8, echo=lines.append)
+    assert report.images == 8 and read_metadata(tmp_path / "b8.onnx").fixed_batch == 8  # 4 photos, cycled
+    assert lines[-1] == "parity OK"

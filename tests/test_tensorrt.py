@@ -25,7 +25,7 @@ import assd
 from assd.cli import main
 from assd.errors import UserError
 from assd.export.engine import BatchRange, CalibrationOptions, EngineOptions, build_engine, check_options
-from assd.models import get_config
+from assd.models import feature_sizes, get_config
 from assd.runtime.engine_info import EngineInfo, check_compatible, read_engine_info, sidecar_path
 from assd.runtime.metadata import OnnxMetadata, read_metadata, set_metadata
 from assd.runtime.runners import open_runner
@@ -35,12 +35,14 @@ CFG = dataclasses.replace(get_config("assd-mini", num_classes=3), input_size=32)
 
 
 def _tiny_assd_onnx(path, precision="fp32", batch="dynamic", assd_metadata=True):
-    """A small graph with the assd I/O contract and metadata: images [B,3,32,32] -> loc [B,1,4], conf [B,1,3]."""
+    """A small graph with the assd I/O contract and metadata: images [B,3,32,32] -> loc [B,A,4], conf [B,A,3]
+    (A = CFG's anchor count, which the metadata check compares with the graph)."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "w_loc"),
-             numpy_helper.from_array(rng.normal(size=(3, 3, 1, 1)).astype(np.float32), "w_conf"),
-             numpy_helper.from_array(np.zeros(3, np.float32), "b_conf"),
-             numpy_helper.from_array(np.array([0, 1, -1], np.int64), "shape")]
+    anchors = sum(h * w * n for (h, w), n in zip(feature_sizes(CFG), CFG.anchors_per_location))
+    inits = [numpy_helper.from_array(rng.normal(size=(4 * anchors, 3, 1, 1)).astype(np.float32), "w_loc"),
+             numpy_helper.from_array(rng.normal(size=(3 * anchors, 3, 1, 1)).astype(np.float32), "w_conf"),
+             numpy_helper.from_array(np.zeros(3 * anchors, np.float32), "b_conf"),
+             numpy_helper.from_array(np.array([0, anchors, -1], np.int64), "shape")]
     nodes = [helper.make_node("GlobalAveragePool", ["images"], ["pooled"], name="pool"),
              helper.make_node("Conv", ["pooled", "w_loc"], ["loc4"], name="conv_loc"),
              helper.make_node("Conv", ["pooled", "w_conf", "b_conf"], ["conf3"], name="conv_conf"),
@@ -49,8 +51,8 @@ def _tiny_assd_onnx(path, precision="fp32", batch="dynamic", assd_metadata=True)
     batch_dim = "batch" if batch == "dynamic" else int(batch)
     graph = helper.make_graph(
         nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch_dim, 3, 32, 32])],
-        [helper.make_tensor_value_info("loc", TensorProto.FLOAT, [batch_dim, 1, 4]),
-         helper.make_tensor_value_info("conf", TensorProto.FLOAT, [batch_dim, 1, 3])], inits)
+        [helper.make_tensor_value_info("loc", TensorProto.FLOAT, [batch_dim, anchors, 4]),
+         helper.make_tensor_value_info("conf", TensorProto.FLOAT, [batch_dim, anchors, 3])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     if assd_metadata:
         set_metadata(model, OnnxMetadata(model_config=CFG, postprocess={"score_threshold": 0.01, "nms_iou": 0.45,

@@ -18,7 +18,9 @@ from assd.bench.report import (
 )
 from assd.bench.timing import benchmark, peak_host_memory_mb
 from assd.errors import UserError
-from assd.runtime.runners import open_runner
+from assd.models.limits import check_runners_memory
+from assd.paths import check_outputs
+from assd.runtime.runners import artifact_files, open_runner
 from assd.utils import atomic_write_json, atomic_write_text
 
 
@@ -39,10 +41,13 @@ def run_bench(artifacts: list[str], batch_sizes: list[int], iters: int = 20, war
     """Benchmark ``artifacts`` at every batch size; returns the report (also written where asked)."""
     if iters < 1 or warmup < 0:
         raise UserError(f"--iters {iters} / --warmup {warmup}: need iters >= 1 and warmup >= 0")
+    inputs = [path for artifact in artifacts for path in artifact_files(artifact)]
+    check_outputs(inputs, files={"--json": json_out, "--csv": csv_out, "--markdown": markdown_out})
     runners = [open_runner(a, device=device, precision=precision, compile=compile) for a in artifacts]
     for runner in runners:
         for batch_size in batch_sizes:
             runner.check_batch(batch_size)
+    check_runners_memory(runners, max(batch_sizes), "bench")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     echo(f"benchmarking {len(runners)} artifact(s) x batch {batch_sizes}: {warmup} warm-up + {iters} timed "
@@ -65,6 +70,7 @@ def run_bench(artifacts: list[str], batch_sizes: list[int], iters: int = 20, war
 
 def merge_reports(paths: list[str], markdown_out: str | None = None, csv_out: str | None = None,
                   echo: Callable[[str], None] = print) -> list[dict]:
+    check_outputs(paths, files={"--markdown": markdown_out, "--csv": csv_out})
     rows = merged_table(load_reports(paths))
     echo(to_markdown(rows, with_ratio=False))
     _write_outputs(None, rows, None, csv_out, markdown_out, echo, with_ratio=False)

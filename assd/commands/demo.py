@@ -19,7 +19,10 @@ import click
 def demo_command(out_dir, data_spec, val_data, quick, force, device, no_progress):
     """The whole pipeline offline: train assd-mini, evaluate, export ONNX, FP16/INT8 graphs (+ TensorRT
     engines with a GPU), eval-engine and bench each, draw detections and attention maps; one summary."""
+    from assd.data import data_spec_inputs
     from assd.demo import DemoOptions, run_demo
+    from assd.paths import check_outputs
 
+    check_outputs([*data_spec_inputs(data_spec), *data_spec_inputs(val_data)], folders={"--out": (out_dir, [])})
     run_demo(DemoOptions(out=out_dir, data=data_spec, val_data=val_data, quick=quick, force=force, device=device,
                          progress=not no_progress), echo=click.echo)

@@ -11,7 +11,7 @@ from assd.errors import UserError
 @click.argument("model")
 @click.option("--onnx", "to_onnx", is_flag=True, help="Export to ONNX (the one artifact format).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .onnx file.")
-@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset, 16..23.")
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--with-postprocess", is_flag=True, help="Decode + NonMaxSuppression inside the graph.")
 @click.option("--attention-op", is_flag=True, help="One ONNX Attention node per map (opset >= 23).")
@@ -105,11 +105,17 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
 def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch_size, device, limit, json_out):
     """mAP of ARTIFACT (.onnx, .engine, .pt) vs the PyTorch reference on the same images; exit 1 when
     |Δ mAP| exceeds the tolerance."""
+    from assd.data import data_spec_inputs
     from assd.evaluation.engine_parity import check_parity, eval_engine, print_parity
+    from assd.paths import check_outputs
+    from assd.runtime.runners import artifact_files
     from assd.utils import atomic_write_json
 
-    if artifact.startswith(("http://", "grpc://")):  # a model served by 'assd serve'
+    served = artifact.startswith(("http://", "grpc://"))  # a model served by 'assd serve'
+    if served:
         from assd.serving.accuracy import eval_engine_via_server as eval_engine
+    check_outputs([*([] if served else artifact_files(artifact)), *artifact_files(reference),
+                   *data_spec_inputs(data_spec)], files={"--json": json_out})
     parity = eval_engine(artifact, data_spec, reference=reference, metric=metric, tolerance=tolerance,
                          batch_size=batch_size, device=device, limit=limit)
     print_parity(parity, artifact, reference, click.echo)

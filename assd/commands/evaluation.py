@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from assd.errors import UserError
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+
+
+def _open_checked_runner(model_path: str, device: str, batch_size: int, command: str):
+    """The runner for ``model_path`` (.pt, .onnx, .engine), refused when ``batch_size`` is more than it
+    accepts or than memory holds."""
+    from assd.models.limits import check_runners_memory
+    from assd.runtime.runners import open_runner
+
+    runner = open_runner(model_path, device=device)
+    runner.check_batch(batch_size)
+    check_runners_memory([runner], batch_size, command)
+    return runner
+
+
+def _use_real_image_sizes(dataset) -> None:
+    """The one size rule for detection files too (no image is loaded): see ``DetectionDataset.use_image_size``."""
+    base = getattr(dataset, "dataset", dataset)  # through FirstImages
+    if hasattr(base, "use_real_image_sizes"):
+        base.use_real_image_sizes(len(dataset))
+
+
 def _postprocess_from_options(model_cfg, score_threshold, nms_iou, top_k, max_detections):
-    """The model's post-processing defaults (its conventions' top_k / max_detections) with the options."""
+    """The model's post-processing defaults (its conventions' top_k / max_detections) with the options;
+    ``model_cfg`` None: the generic defaults (to validate the options before any work)."""
     from assd.runtime.postprocess import PostprocessConfig
 
-    return PostprocessConfig.for_model(model_cfg, score_threshold=score_threshold, nms_iou=nms_iou, top_k=top_k,
-                                       max_detections=max_detections)
+    options = {"score_threshold": score_threshold, "nms_iou": nms_iou, "top_k": top_k, "max_detections": max_detections}
+    if model_cfg is None:
+        return PostprocessConfig(**{key: value for key, value in options.items() if value is not None})
+    return PostprocessConfig.for_model(model_cfg, **options)
 
 
 def _postprocess_click_options(score_threshold: float):
@@ -48,35 +77,39 @@ def _postprocess_click_options(score_threshold: float):
 def eval_command(model_path, detections_path, data_spec, metric, json_out, limit, batch_size, device,
                  score_threshold, nms_iou, top_k, max_detections):
     """Per-class AP and mAP of a checkpoint (or of a detections file) on a dataset."""
-    from assd.data import parse_data_spec
+    _check_batch_size(batch_size)  # options first: before the heavy imports
+    from assd.data import data_spec_inputs, parse_data_spec
     from assd.evaluation import FirstImages, check_class_names, evaluate_detections
     from assd.evaluation.report import ap_table
     from assd.evaluation.results_json import load_coco_results
+    from assd.paths import check_outputs
+    from assd.runtime.runners import artifact_files
     from assd.utils import atomic_write_json
 
     if (model_path is None) == (detections_path is None):
         raise UserError("assd eval: give either --model CHECKPOINT or --detections FILE.json (exactly one)")
+    check_outputs([*artifact_files(model_path), detections_path, *data_spec_inputs(data_spec)],
+                  files={"--json": json_out})
+    pp_cfg = _postprocess_from_options(None, score_threshold, nms_iou, top_k, max_detections)  # options checked
     dataset = parse_data_spec(data_spec, train=False)
     if limit is not None:
         dataset = FirstImages(dataset, limit)
     if model_path is not None and model_path.startswith(("http://", "grpc://")):  # served by 'assd serve'
         from assd.serving.accuracy import evaluate_via_server
 
-        pp_cfg = _postprocess_from_options(score_threshold, nms_iou, top_k, max_detections)
         result = evaluate_via_server(model_path, dataset, metric, pp_cfg, in_flight=batch_size)
     elif model_path is not None:
         from assd.evaluation import predict_dataset
-        from assd.runtime.runners import open_runner
 
-        runner = open_runner(model_path, device=device)  # .pt checkpoint, .onnx or .engine
+        runner = _open_checked_runner(model_path, device, batch_size, "eval")
         cfg = runner.cfg
         check_class_names(cfg, dataset, model_path)
         pp_cfg = _postprocess_from_options(cfg, score_threshold, nms_iou, top_k, max_detections)
-        runner.check_batch(batch_size)
         detections = predict_dataset(runner.infer_outputs, dataset, cfg, pp_cfg, batch_size, runner.device,
                                      progress=True)
         result = evaluate_detections(detections, dataset, metric, pp_cfg)
     else:
+        _use_real_image_sizes(dataset)
         result = evaluate_detections(load_coco_results(detections_path, dataset), dataset, metric)
     click.echo(ap_table(result, dataset.class_names))
     if result.summary:
@@ -100,13 +133,22 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
 @_postprocess_click_options(score_threshold=0.3)
 def predict_command(model_path, sources, out_dir, batch_size, device, score_threshold, nms_iou, top_k, max_detections):
     """Detect objects in SOURCES (image files or folders): detections.json + images with boxes drawn."""
-    from assd.evaluation.predict import collect_images, predict_images, write_predictions
-    from assd.runtime.runners import open_runner
+    _check_batch_size(batch_size)  # options first: before the heavy imports
+    from assd.evaluation.predict import (
+        DETECTIONS_FILE,
+        collect_images,
+        output_names,
+        predict_images,
+        write_predictions,
+    )
+    from assd.paths import check_outputs
+    from assd.runtime.runners import artifact_files
 
     paths = collect_images(sources)
-    runner = open_runner(model_path, device=device)  # .pt checkpoint, .onnx or .engine
+    check_outputs([*artifact_files(model_path), *sources, *paths],
+                  folders={"--out": (out_dir, [*output_names(paths, out_dir), DETECTIONS_FILE])})
+    runner = _open_checked_runner(model_path, device, batch_size, "predict")
     pp_cfg = _postprocess_from_options(runner.cfg, score_threshold, nms_iou, top_k, max_detections)
-    runner.check_batch(batch_size)
     detections = predict_images(runner.infer_outputs, paths, runner.cfg, pp_cfg, runner.device, batch_size)
     json_path = write_predictions(out_dir, paths, detections, runner.cfg.class_names, pp_cfg)
     total = sum(len(dets) for dets in detections)
@@ -122,18 +164,24 @@ def predict_command(model_path, sources, out_dir, batch_size, device, score_thre
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 def attention_command(model_path, image, out_dir, query, maps_spec, device):
     """Attention maps of one query position on every prediction map (the paper's Figure 3)."""
-    from pathlib import Path
-
-    from assd.data.dataset import read_rgb_image
-    from assd.evaluation.attention_maps import attention_maps, write_attention
+    if Path(model_path).suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):  # before the heavy imports
+        raise UserError(f"{model_path}: attention maps need a .pt checkpoint (they are read inside the PyTorch "
+                        "network): pass the checkpoint this file was exported from")
+    from assd.data import read_rgb_image
+    from assd.evaluation.attention_maps import attention_file_names, attention_maps, write_attention
     from assd.models.checkpoint import load_checkpoint
+    from assd.models.limits import check_memory
+    from assd.paths import check_outputs
     from assd.runtime.runners import resolve_device
 
     query_xy = _parse_number_list(query, "--query", "X,Y in pixels, e.g. 120,80", float, 2) if query else None
     maps = None if maps_spec == "all" else _parse_number_list(maps_spec, "--maps", "'all' or indices, e.g. 0,2", int)
     torch_device = resolve_device(device)
-    model = load_checkpoint(model_path).to(torch_device)
     pixels = read_rgb_image(image)
+    model = load_checkpoint(model_path)
+    check_outputs([model_path, image], folders={"--out": (out_dir, attention_file_names(model, maps))})
+    check_memory(model.cfg, 1, torch_device, what=f"attention {model_path}", hint="use a smaller model")
+    model = model.to(torch_device)
     results, query_xy, how = attention_maps(model, pixels, query_xy, maps)
     written = write_attention(out_dir, pixels, results, query_xy, how, image_name=str(image))
     click.echo(f"query ({query_xy[0]:.0f}, {query_xy[1]:.0f}): {how}")

@@ -16,9 +16,13 @@ from assd.errors import UserError
 def info(model, num_classes, as_json):
     """Describe MODEL (a preset name or a checkpoint): maps, anchors, parameters, GMACs."""
     from assd.models.checkpoint import load_model
+    from assd.models.limits import MAX_CLASSES
     from assd.models.presets import PRESETS, get_config
     from assd.models.stats import count_parameters, describe
 
+    if num_classes is not None and not 2 <= num_classes <= MAX_CLASSES:  # before any name list is built
+        raise UserError(f"--num-classes {num_classes}: must be at least 2 and at most {MAX_CLASSES} (background "
+                        "included)")
     if model in PRESETS:
         facts = describe(get_config(model, num_classes=num_classes))
     else:

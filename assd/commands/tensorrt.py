@@ -65,7 +65,15 @@ def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method,
 def build_engine_command(onnx_file, output, precision, batch, workspace, timing_cache, calib_data, calib_images,
                          calib_method, calib_cache, version_compatible, hardware_compat, tf32):
     """Build a strongly typed TensorRT engine (+ OUTPUT.json sidecar) from an assd ONNX_FILE."""
-    from assd.export.engine import CalibrationOptions, EngineOptions, build_engine
+    from assd.data import data_spec_inputs
+    from assd.export.engine import CalibrationOptions, EngineOptions, build_engine, precision_graph_path
+    from assd.paths import check_outputs
+    from assd.runtime.engine_info import sidecar_path
+
+    graph = precision_graph_path(onnx_file, output, precision) if precision in ("fp16", "int8") else None
+    check_outputs([onnx_file, *data_spec_inputs(calib_data)],
+                  files={"-o": output, "the engine sidecar": sidecar_path(output), "the precision graph": graph,
+                         "--timing-cache": timing_cache, "--calib-cache": calib_cache})
 
     options = EngineOptions(
         precision=precision, batch=batch, workspace_gb=workspace, timing_cache=timing_cache,

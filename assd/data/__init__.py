@@ -7,14 +7,9 @@ them. ``annotation(i)`` and ``load_image(i)`` serve evaluation (pixels, difficul
 
 from assd.data.annotation import Annotation, clip_boxes
 from assd.data.coco import coco_dataset
-from assd.data.dataset import (
-    DetectionDataset,
-    ImageRecord,
-    UnreadableImage,
-    collate_detection,
-    read_rgb_image,
-)
-from assd.data.spec import SPEC_FORMS, parse_data_spec
+from assd.data.dataset import DetectionDataset, ImageRecord, collate_detection
+from assd.data.images import UnreadableImage, image_size, read_rgb_image
+from assd.data.spec import SPEC_FORMS, data_spec_inputs, parse_data_spec
 from assd.data.synthetic import SYNTHETIC_CLASSES, SyntheticDataset, render_synthetic
 from assd.data.transforms import EvalTransform, SSDAugmentation, build_transform, resize_normalize
 from assd.data.voc import parse_voc_sets, voc_dataset
@@ -33,6 +28,8 @@ __all__ = [
     "clip_boxes",
     "coco_dataset",
     "collate_detection",
+    "data_spec_inputs",
+    "image_size",
     "parse_data_spec",
     "parse_voc_sets",
     "read_rgb_image",

@@ -7,6 +7,7 @@ box that covers columns ``a..b`` (inclusive) is ``x1 = a, x2 = b + 1`` and lies 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,3 +61,15 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, 
     clipped[:, 1::2] = np.clip(clipped[:, 1::2], 0, height)
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     return clipped, keep
+
+
+def clip_annotation(raw: Annotation, width: int, height: int) -> tuple[Annotation, list[str]]:
+    """``raw`` (boxes as annotated, possibly reaching outside the image) for a ``width`` x ``height``
+    image: boxes clipped to it, boxes without area inside it dropped; returns ``(annotation, [reason of
+    each dropped box])``."""
+    clipped, keep = clip_boxes(raw.boxes, width, height)
+    dropped = [f"box {i} {tuple(round(float(v), 2) for v in raw.boxes[i])} has no area inside the "
+               f"{width}x{height} image" for i in np.flatnonzero(~keep)]
+    annotation = dataclasses.replace(raw, width=width, height=height, boxes=clipped[keep], labels=raw.labels[keep],
+                                     difficult=raw.difficult[keep], crowd=raw.crowd[keep])
+    return annotation, dropped

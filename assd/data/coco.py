@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
-from assd.data.annotation import Annotation, clip_boxes
+from assd.data.annotation import Annotation
 from assd.data.dataset import BadSample, DetectionDataset, RecordCollector
 from assd.errors import UserError
 
@@ -28,14 +28,20 @@ def load_coco(annotation_file: str | Path) -> COCO:
         raise UserError(f"{path}: COCO annotation file not found: give the instances_*.json path")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            return COCO(str(path))
-    except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError) as exc:
+            coco = COCO(str(path))
+    except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError, OSError) as exc:
         raise UserError(f"{path}: not a valid COCO instances json ({type(exc).__name__}: {exc}): "
                         "give an official COCO annotation file") from None
+    for key in ("images", "annotations", "categories"):  # pycocotools indexes what exists, fails later
+        if not isinstance(coco.dataset.get(key), list):
+            raise UserError(f"{path}: not a COCO instances json: '{key}' is missing or not a list: give an "
+                            "instances_*.json with images, annotations and categories")
+    return coco
 
 
 def _coco_annotation(coco: COCO, image_id: int, label_of: dict[int, int]):
-    """``(Annotation, [reason of each dropped box])`` of one image; ``BadSample`` when unusable."""
+    """The ``Annotation`` of one image as annotated (boxes not yet clipped to the image; see
+    ``clip_annotation``); ``BadSample`` when unusable."""
     info = coco.imgs[image_id]
     try:
         width, height = int(info["width"]), int(info["height"])
@@ -55,14 +61,9 @@ def _coco_annotation(coco: COCO, image_id: int, label_of: dict[int, int]):
         boxes.append((x, y, x + w, y + h))
         labels.append(label_of[category])
         crowd.append(bool(ann.get("iscrowd", 0)))
-    clipped, keep = clip_boxes(np.array(boxes, dtype=np.float32), width, height)
-    dropped = [f"annotation box {boxes[i]} has no area inside the {width}x{height} image"
-               for i in np.flatnonzero(~keep)]
-    crowd_kept = np.array(crowd, dtype=bool)[keep]
-    annotation = Annotation(image_id=image_id, width=width, height=height, boxes=clipped[keep],
-                            labels=np.array(labels, dtype=np.int64)[keep], difficult=crowd_kept.copy(),
-                            crowd=crowd_kept)
-    return annotation, dropped
+    crowd = np.array(crowd, dtype=bool)
+    return Annotation(image_id=image_id, width=width, height=height, boxes=np.array(boxes, dtype=np.float32),
+                      labels=np.array(labels, dtype=np.int64), difficult=crowd.copy(), crowd=crowd)
 
 
 def coco_dataset(images_dir: str | Path, annotation_file: str | Path, source: str | None = None,
@@ -74,7 +75,7 @@ def coco_dataset(images_dir: str | Path, annotation_file: str | Path, source: st
     if not images_dir.is_dir():
         raise UserError(f"{images_dir}: COCO image folder not found: give the folder holding the .jpg files")
     coco = load_coco(annotation_file)
-    category_ids = sorted(coco.getCatIds())
+    category_ids = sorted(coco.cats)
     if not category_ids:
         raise UserError(f"{annotation_file}: no categories in this COCO json: give an instances_*.json")
     class_names = [str(coco.cats[c].get("name", c)) for c in category_ids]

@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from assd.data.annotation import Annotation
+from assd.data.annotation import Annotation, clip_annotation
+from assd.data.images import UnreadableImage, read_rgb_image
 from assd.data.transforms import build_transform
 from assd.errors import UserError
 from assd.models.config import IMAGENET_MEAN, IMAGENET_STD
@@ -34,27 +34,14 @@ class BadSample(Exception):
     """One sample's annotation cannot be used (the message says why); it is skipped and counted."""
 
 
-class UnreadableImage(UserError):
-    """An image file that OpenCV cannot decode (or whose size contradicts its annotation)."""
-
-
 @dataclass
 class ImageRecord:
-    """One usable sample: where its image is and what is in it."""
+    """One usable sample: where its image is and what is in it (``annotation``: clipped to the image;
+    ``raw``: as annotated, kept to re-clip when the image's real size is not the annotated one)."""
 
     path: str
     annotation: Annotation
-
-
-def read_rgb_image(path: str) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]`` from ``path``; ``UnreadableImage`` naming the file when it cannot be decoded."""
-    try:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-    except cv2.error as exc:  # e.g. absurd dimensions in the header
-        raise UnreadableImage(f"{path}: cannot read image ({exc.msg.strip()}): replace or remove the file") from exc
-    if image is None:
-        raise UnreadableImage(f"{path}: missing, unreadable or corrupt image file: replace or remove it")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    raw: Annotation | None = None
 
 
 @dataclass
@@ -66,19 +53,20 @@ class RecordCollector:
     dropped_boxes: list[tuple[str, str]] = field(default_factory=list)
     total: int = 0
 
-    def add(self, image_path: Path, label_file: str, parse: Callable[[], tuple[Annotation, list[str]]]) -> None:
-        """Add the image at ``image_path`` with ``parse()``'s ``(Annotation, dropped box reasons)``; a missing
-        image or a ``BadSample`` skips it (noted against ``label_file``)."""
+    def add(self, image_path: Path, label_file: str, parse: Callable[[], Annotation]) -> None:
+        """Add the image at ``image_path`` with ``parse()``'s annotation (boxes as annotated), clipped to
+        its annotated size; a missing image or a ``BadSample`` skips it (noted against ``label_file``)."""
         self.total += 1
         try:
             if not image_path.is_file():
                 raise BadSample("image file missing")
-            annotation, dropped = parse()
+            raw = parse()
         except BadSample as exc:
             self.skipped.append((label_file, str(exc)))
             return
+        annotation, dropped = clip_annotation(raw, raw.width, raw.height)
         self.dropped_boxes.extend((label_file, reason) for reason in dropped)
-        self.records.append(ImageRecord(str(image_path), annotation))
+        self.records.append(ImageRecord(str(image_path), annotation, raw))
 
     def check(self, source: str) -> None:
         """``check_bad_fraction`` of what was collected."""
@@ -112,6 +100,8 @@ class DetectionDataset(Dataset):
         skipped: ``(file, reason)`` of each sample left out (malformed annotation, unknown class,
             missing image, or, during training, an image that could not be decoded).
         dropped_boxes: ``(file, reason)`` of each box dropped for having no area inside the image.
+        size_mismatches: ``(file, reason)`` of each image whose real size differs from its annotated size
+            (its boxes are clipped to the real size; see ``use_image_size``).
         coco_category_ids: COCO only: label k <-> ``coco_category_ids[k - 1]``; else None.
         coco_annotation_file: COCO only: the instances json; else None.
         train, input_size, mean, std, channel_order: what the transform does (see ``set_transform``).
@@ -131,6 +121,7 @@ class DetectionDataset(Dataset):
         self.dropped_boxes = list(dropped_boxes)
         self.coco_category_ids = tuple(coco_category_ids) if coco_category_ids is not None else None
         self.coco_annotation_file = coco_annotation_file
+        self.size_mismatches: list[tuple[str, str]] = []
         self.set_transform(train=train, input_size=input_size, mean=mean, std=std, channel_order=channel_order)
 
     @property
@@ -163,8 +154,36 @@ class DetectionDataset(Dataset):
         return self.records[index].path
 
     def load_image(self, index: int) -> np.ndarray:
-        """RGB uint8 ``[H, W, 3]`` of sample ``index``; UserError naming the file when it cannot be read."""
-        return read_rgb_image(self.records[index].path)
+        """RGB uint8 ``[H, W, 3]`` of sample ``index``; ``UnreadableImage`` naming the file when it cannot
+        be read. An image whose real size is not its annotated size gets its annotation re-clipped to
+        the real size (``use_image_size``)."""
+        image = read_rgb_image(self.records[index].path)
+        self.use_image_size(index, image.shape[1], image.shape[0])
+        return image
+
+    def use_image_size(self, index: int, width: int, height: int) -> None:
+        """The one size rule of every command: the image's real size wins over its annotation's. When they
+        differ, sample ``index``'s boxes (as annotated) are clipped to ``width`` x ``height`` instead,
+        with a warning naming the file (once; listed in ``size_mismatches``)."""
+        record = self.records[index]
+        annotation = record.annotation
+        if (width, height) == (annotation.width, annotation.height):
+            return
+        record.annotation, _ = clip_annotation(record.raw or annotation, width, height)
+        reason = (f"image is {width}x{height} but its annotation says {annotation.width}x{annotation.height}: "
+                  "using the image's size")
+        self.size_mismatches.append((record.path, reason))
+        logger.warning("%s: %s", record.path, reason)
+
+    def use_real_image_sizes(self, count: int | None = None) -> None:
+        """Apply ``use_image_size`` to the first ``count`` samples (default all) from their headers (no
+        decoding), for evaluations of precomputed detections, which never load the images."""
+        from assd.data.images import image_size
+
+        for index, record in enumerate(self.records[:count]):
+            size = image_size(record.path)
+            if size is not None:
+                self.use_image_size(index, *size)
 
     def annotation(self, index: int) -> Annotation:
         """All objects of sample ``index`` in pixels, difficult/crowd ones included (flagged)."""
@@ -193,12 +212,8 @@ class DetectionDataset(Dataset):
             logger.warning("skipping sample: %s", exc)
 
     def _sample(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image = self.load_image(index)
+        image = self.load_image(index)  # first: it makes the annotation follow the image's real size
         annotation = self.annotation(index)
-        height, width = image.shape[:2]
-        if (width, height) != (annotation.width, annotation.height):
-            raise UnreadableImage(f"{self.image_path(index)}: image is {width}x{height} but its annotation says "
-                                  f"{annotation.width}x{annotation.height}: fix the annotation")
         boxes, labels = annotation.training_objects()
         image_chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         image_out, boxes_out, labels_out = self.transform(image_chw, torch.from_numpy(boxes),

@@ -71,3 +71,20 @@ def parse_data_spec(spec: str, train: bool = False, input_size: int | None = Non
         start = int(match.group(2)) if match.group(2) else 0
         return SyntheticDataset(num_images, start, source=spec, **transform)
     raise _bad(spec, f"unknown data kind '{kind}'")
+
+
+def data_spec_inputs(spec: str | None) -> list[str]:
+    """The files and folders a data spec (or a plain image folder, as calibration accepts) reads: what
+    no output of a command may land on (``assd.paths.check_outputs``). Nothing is validated here."""
+    if not spec:
+        return []
+    kind, _, rest = spec.partition(":")
+    if kind == "voc":
+        root, _sets = _split_voc(spec, rest) if rest else ("", None)
+        return [root] if root else []
+    if kind == "coco":
+        images_dir, _, annotation_file = rest.rpartition(":")
+        return [path for path in (images_dir, annotation_file) if path]
+    if kind == "synthetic":
+        return []
+    return [spec]

@@ -17,11 +17,11 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from assd.data.annotation import Annotation, clip_boxes
+from assd.data.annotation import Annotation
 from assd.data.dataset import BadSample, DetectionDataset, RecordCollector
+from assd.data.images import image_size
 from assd.errors import UserError
 from assd.models.config import VOC_CLASSES
 
@@ -91,14 +91,15 @@ def _image_size(root: ET.Element, image_path: Path) -> tuple[int, int]:
         width = height = 0
     if width > 0 and height > 0:
         return width, height
-    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)  # no usable <size>: ask the image itself
-    if image is None:
+    size = image_size(image_path)  # no usable <size>: ask the image itself (header only)
+    if size is None:
         raise BadSample(f"no <size> and the image {image_path} cannot be read")
-    return image.shape[1], image.shape[0]
+    return size
 
 
 def parse_voc_xml(xml_path: Path, image_path: Path, image_id: str):
-    """``(Annotation, [reason of each dropped box])`` of one VOC XML file; ``BadSample`` when unusable."""
+    """The ``Annotation`` of one VOC XML file as annotated (boxes not yet clipped to the image; see
+    ``clip_annotation``); ``BadSample`` when unusable."""
     try:
         root = ET.parse(xml_path).getroot()
     except (ET.ParseError, OSError) as exc:
@@ -121,13 +122,8 @@ def parse_voc_xml(xml_path: Path, image_path: Path, image_id: str):
         boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))  # 1-based inclusive -> 0-based continuous
         labels.append(VOC_CLASSES.index(name) + 1)
         difficult.append(is_difficult)
-    clipped, keep = clip_boxes(np.array(boxes, dtype=np.float32), width, height)
-    dropped = [f"object {i}: box {boxes[i]} has no area inside the {width}x{height} image"
-               for i in np.flatnonzero(~keep)]
-    annotation = Annotation(image_id=image_id, width=width, height=height, boxes=clipped[keep],
-                            labels=np.array(labels, dtype=np.int64)[keep],
-                            difficult=np.array(difficult, dtype=bool)[keep])
-    return annotation, dropped
+    return Annotation(image_id=image_id, width=width, height=height, boxes=np.array(boxes, dtype=np.float32),
+                      labels=np.array(labels, dtype=np.int64), difficult=np.array(difficult, dtype=bool))
 
 
 def voc_dataset(root: str | Path, sets: str | None = None, source: str | None = None, **transform) -> DetectionDataset:

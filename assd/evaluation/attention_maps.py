@@ -24,6 +24,7 @@ import torch
 
 from assd.errors import UserError
 from assd.evaluation.visualize import heat_overlay, image_grid, mark_point, write_image
+from assd.paths import writing
 from assd.runtime.postprocess import detect
 from assd.runtime.preprocess import preprocess
 from assd.utils import atomic_write_json
@@ -94,12 +95,19 @@ def attention_maps(model, image: np.ndarray, query_xy: tuple[float, float] | Non
     return results, (float(x), float(y)), how
 
 
+def attention_file_names(model, maps: Sequence[int] | None = None) -> list[str]:
+    """The files ``write_attention`` writes for ``maps`` (default: every map of ``model``)."""
+    indices = range(len(model.attention or [])) if maps is None else maps
+    return [*(f"attention_map{index}.png" for index in indices), "attention_grid.png", "attention.json"]
+
+
 def write_attention(out_dir: str | os.PathLike, image: np.ndarray, results: Sequence[AttentionMap],
                     query_xy: tuple[float, float], how: str, image_name: str = "image") -> list[Path]:
     """``out_dir/attention_map<k>.png`` per map, ``attention_grid.png`` (image + all maps) and
     ``attention.json`` (query, cells); returns the PNG paths, grid last."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     marked = mark_point(image, *query_xy)
     overlays, titles, written = [], [], []
     for result in results:

@@ -8,6 +8,7 @@ class, IoU >= 0.9) and the largest score difference among those.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -79,12 +80,19 @@ def eval_engine(artifact: str, data_spec: str, reference: str | None = None, met
     """Evaluate ``artifact`` (and ``reference``, a checkpoint) on ``data_spec``; see the module docstring."""
     from assd.data import parse_data_spec
     from assd.evaluation.evaluate import FirstImages
+    from assd.models.limits import check_runners_memory
 
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+        raise UserError(f"--tolerance {tolerance}: must be a finite number of mAP points >= 0")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: must be at least 1")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be at least 1")
     runner = open_runner(artifact, device=device)
+    runner.check_batch(batch_size)
+    check_runners_memory([runner], batch_size, "eval-engine")
     dataset = parse_data_spec(data_spec)
     if limit is not None:
-        if limit < 1:
-            raise UserError(f"--limit {limit}: must be at least 1")
         dataset = FirstImages(dataset, limit)
     check_class_names(runner.cfg, dataset, artifact)
     postprocess_cfg = PostprocessConfig.from_dict(runner.postprocess)
@@ -95,6 +103,7 @@ def eval_engine(artifact: str, data_spec: str, reference: str | None = None, met
     if reference is None:
         return parity
     reference_runner = open_runner(reference, device=device)
+    check_runners_memory([runner, reference_runner], batch_size, "eval-engine")
     if reference_runner.cfg != runner.cfg:
         raise UserError(f"{artifact}: its model config ({runner.cfg.name}, {runner.cfg.num_classes} classes) is not "
                         f"the reference's ({reference_runner.cfg.name}, {reference_runner.cfg.num_classes} classes): "

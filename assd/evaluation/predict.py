@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from assd.data.dataset import read_rgb_image
+from assd.data import read_rgb_image
 from assd.errors import UserError
 from assd.evaluation.evaluate import predict_dataset
 from assd.evaluation.visualize import draw_detections, write_image
+from assd.paths import writing
 from assd.runtime.postprocess import Detections, PostprocessConfig
 from assd.utils import atomic_write_text
 
@@ -58,12 +59,15 @@ def collect_images(sources: Sequence[str | os.PathLike]) -> list[Path]:
     return paths
 
 
-def output_names(paths: Sequence[Path]) -> list[str]:
-    """Output image name per input: ``<stem>.jpg``, with ``_<n>`` added when two inputs share a stem."""
+def output_names(paths: Sequence[Path], out_dir: str | os.PathLike | None = None) -> list[str]:
+    """Output image name per input: ``<stem>.jpg``, with ``_<n>`` added when two inputs share a stem or
+    when ``out_dir/<name>`` is one of the input images (a drawn image never replaces a source file)."""
+    inputs = {path.resolve() for path in paths}
     names, used = [], set()
     for path in paths:
         name, count = f"{path.stem}.jpg", 1
-        while name in used or name == DETECTIONS_FILE:
+        while (name in used or name == DETECTIONS_FILE
+               or (out_dir is not None and (Path(out_dir) / name).resolve() in inputs)):
             count += 1
             name = f"{path.stem}_{count}.jpg"
         used.add(name)
@@ -87,9 +91,10 @@ def write_predictions(out_dir: str | os.PathLike, paths: Sequence[Path], detecti
     --detections`` when the images belong to a VOC dataset. Returns the JSON path.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for path, name, dets in zip(paths, output_names(paths), detections, strict=True):
+    for path, name, dets in zip(paths, output_names(paths, out_dir), detections, strict=True):
         image = read_rgb_image(str(path))
         write_image(out_dir / name, draw_detections(image, dets.boxes, dets.scores, dets.labels, class_names))
         for box, score, label in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()):

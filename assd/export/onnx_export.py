@@ -27,6 +27,9 @@ from assd.runtime.metadata import OnnxMetadata, set_metadata
 from assd.utils import atomic_write_bytes
 
 DEFAULT_OPSET = 18
+# Opsets the exporter writes as asked (measured with torch 2.14 / onnxscript 0.7: below 16 it silently
+# wrote opset 18; 23 is the newest torch.onnx declares, torch.onnx._constants.ONNX_MAX_OPSET).
+MIN_OPSET, MAX_OPSET = 16, 23
 MAX_DYNAMIC_BATCH = 1024
 
 
@@ -61,9 +64,16 @@ def _attention_as_onnx_op(model: ASSD) -> ASSD:
     return model
 
 
+def check_opset(opset: int) -> None:
+    """UserError unless ``opset`` is one the exporter writes (``MIN_OPSET``..``MAX_OPSET``)."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(f"--opset {opset}: assd exports opsets {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+
+
 def torch_to_onnx(model: ASSD, opset: int = DEFAULT_OPSET, batch: str | int = "dynamic",
                   attention_op: bool = False) -> onnx.ModelProto:
     """The raw network (loc, conf) as an ONNX ModelProto, BatchNorms folded, graph optimized."""
+    check_opset(opset)
     if attention_op and opset < 23:
         raise UserError(f"--attention-op needs --opset 23 or newer (got {opset})")
     export_model = fold_for_export(model).cpu().float()
@@ -81,6 +91,10 @@ def torch_to_onnx(model: ASSD, opset: int = DEFAULT_OPSET, batch: str | int = "d
                                     dynamic_shapes=dynamic_shapes, verbose=False)
         program.optimize()
     proto = program.model_proto
+    written = [entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")]
+    if written != [opset]:
+        raise UserError(f"--opset {opset}: the exporter wrote opset {written[0] if written else '?'} instead: "
+                        f"use --opset {DEFAULT_OPSET}")
     proto.producer_name, proto.producer_version = "assd", assd.__version__
     return proto
 

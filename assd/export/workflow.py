@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from assd.errors import CheckFailed, UserError
-from assd.export.onnx_export import export_onnx
+from assd.export.onnx_export import check_opset, export_onnx
 from assd.export.parity import ParityReport, compare_postprocessed, compare_runners, default_parity_images
+from assd.paths import check_outputs, temp_dir
 
 # fp32 ONNX vs PyTorch: logits may differ by float rounding only (relative to their magnitude);
 # detections must agree.
@@ -23,20 +23,28 @@ FP16_MIN_AGREEMENT = 0.9
 def _load_images(folder: str | None, limit: int = 4):
     if folder is None:
         return default_parity_images(limit)
-    import cv2
-
+    from assd.data import UnreadableImage, read_rgb_image
     from assd.export.parity import IMAGE_SUFFIXES
 
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     images = []
     for path in files:
-        image = cv2.imread(str(path))
-        if image is None:
-            raise UserError(f"{path}: unreadable image: remove it or pass another --parity-images folder")
-        images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        try:
+            images.append(read_rgb_image(path))
+        except UnreadableImage as exc:
+            raise UserError(f"{exc} (or pass another --parity-images folder)") from None
     if not images:
         raise UserError(f"{folder}: no .jpg/.png images for the parity check")
     return images
+
+
+def _fill_batches(images: list, batch: str | int) -> list:
+    """``images`` cycled to whole batches of a fixed-batch graph (which accepts no other batch size)."""
+    if batch == "dynamic":
+        return images
+    batch = int(batch)
+    count = batch * max(len(images) // batch, 1)
+    return [images[i % len(images)] for i in range(count)]
 
 
 def _parse_batch(batch: str | int) -> str | int:
@@ -59,18 +67,27 @@ def export_and_check(model_spec: str, output: str, opset: int = 18, batch: str |
 
     Raises ``CheckFailed`` (file kept, with a warning) when parity is off."""
     from assd.models.checkpoint import load_model
+    from assd.models.limits import check_memory
     from assd.runtime.postprocess import PostprocessConfig
     from assd.runtime.runners import OnnxRuntimeRunner, TorchRunner
 
     batch = _parse_batch(batch)
+    check_opset(opset)
     if not str(output).endswith(".onnx"):
         raise UserError(f"{output}: the output file must end in .onnx")
     if precision not in ("fp32", "fp16"):
         raise UserError(f"--precision {precision}: export writes fp32 or fp16 graphs (int8: 'assd calibrate')")
+    check_outputs([model_spec, parity_images], files={"-o": output})
+    images = _fill_batches(_load_images(parity_images), batch) if check_parity else []  # inputs before outputs
     model = load_model(model_spec)
     postprocess_cfg = PostprocessConfig.for_model(model.cfg, max_detections=max_detections)
-    with tempfile.TemporaryDirectory(prefix="assd-export-") as tmp:
-        fp32_file = output if precision == "fp32" else str(Path(tmp) / "fp32.onnx")
+    example_batch = 2 if batch == "dynamic" else batch
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    # The model, its folded copy, the ONNX proto, its bytes and the ONNX Runtime session hold weights.
+    check_memory(model.cfg, example_batch, "cpu", what=f"export {model_spec}", extra_bytes=4 * weights,
+                 hint="export with a smaller fixed --batch, or on a machine with more memory")
+    with temp_dir("export") as tmp:
+        fp32_file = output if precision == "fp32" else str(tmp / "fp32.onnx")
         export_onnx(model, fp32_file, opset=opset, batch=batch, with_postprocess=with_postprocess,
                     postprocess=postprocess_cfg.to_dict(), attention_op=attention_op)
         if precision == "fp16":
@@ -84,9 +101,6 @@ def export_and_check(model_spec: str, output: str, opset: int = 18, batch: str |
         return None
     import torch
 
-    images = _load_images(parity_images)
-    if batch != "dynamic":
-        images = images[: max(int(batch), 1) * max(len(images) // int(batch), 1)]
     reference = TorchRunner(model, model_spec, torch.device("cpu"))
     step = batch if batch != "dynamic" else 2
     if with_postprocess:

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import torch
 
-from assd.errors import UserError
+from assd.errors import UserError, short_reason
 from assd.runtime.base import Runner
 from assd.runtime.metadata import read_metadata
 
@@ -53,7 +53,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
         except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable": reported as one line
-            raise UserError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+            raise UserError(f"{path}: ONNX Runtime cannot load it ({short_reason(exc)})") from None
         self.providers = list(self.session.get_providers())
         self.backend = BACKENDS.get(self.providers[0], self.providers[0])
         if self.providers[0] != requested[0]:

@@ -12,7 +12,22 @@ from assd.runtime.base import Runner, device_name, resolve_device
 from assd.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from assd.runtime.torch_runner import TorchRunner
 
-__all__ = ["OnnxRuntimeRunner", "Runner", "TorchRunner", "device_name", "open_runner", "resolve_device"]
+__all__ = ["OnnxRuntimeRunner", "Runner", "TorchRunner", "artifact_files", "device_name", "open_runner",
+           "resolve_device"]
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def artifact_files(artifact: str | None) -> list[str]:
+    """The files ``open_runner(artifact)`` reads: the artifact, and a TensorRT engine's JSON sidecar
+    (what no output may overwrite: ``assd.paths.check_outputs``)."""
+    if artifact is None:
+        return []
+    if Path(artifact).suffix.lower() in ENGINE_SUFFIXES:
+        from assd.runtime.engine_info import sidecar_path
+
+        return [artifact, str(sidecar_path(artifact))]
+    return [artifact]
 
 
 def open_runner(artifact: str, device: str | None = "cpu", precision: str = "fp32", compile: bool = False,
@@ -25,7 +40,7 @@ def open_runner(artifact: str, device: str | None = "cpu", precision: str = "fp3
     suffix = Path(artifact).suffix.lower()
     if suffix == ".onnx":
         return OnnxRuntimeRunner(artifact, torch_device, provider=provider, threads=threads)
-    if suffix in (".engine", ".plan", ".trt"):
+    if suffix in ENGINE_SUFFIXES:
         from assd.runtime.tensorrt_runner import TensorRTRunner
 
         return TensorRTRunner(artifact, torch_device)

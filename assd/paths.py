@@ -1,0 +1,240 @@
+"""Where outputs may go: never onto an input, writable before the work starts, one line when writing fails.
+
+Every command that writes files uses these few functions (the API other stages adopt):
+
+``check_outputs(inputs, files=..., folders=...)``
+    Before any expensive work. ``inputs``: every file or folder the command reads (``None`` entries are
+    skipped). ``files``: ``{option: path}`` of output files; ``folders``: ``{option: (folder, names)}``
+    of output folders with the names the command will write inside them. Refuses (``UserError``, one
+    line) an output that resolves (symlinks followed) onto an input, an output folder that is an input
+    folder, two options naming one file, an output file that is a folder, and an output whose parent is
+    a file or is not writable (a read-only file system, no permission). Missing parent folders are fine
+    when they can be created.
+``writing(path)``
+    Context manager around a late write: ``OSError`` (ENOSPC, EROFS, EACCES, ENOTDIR, ...) and torch's
+    ``RuntimeError`` on a full disk ("unexpected pos", "file write failed") become one ``UserError``
+    naming the path and the errno. ``write_error(path, exc)`` builds that error.
+``temp_file_beside(path)``
+    ``(fd, name)`` of a new temp file ``.NAME.<pid>-<random>.tmp`` in ``path``'s folder (for atomic
+    writes: write, then ``os.replace``), after removing stale ones of the same ``NAME`` (their process
+    is gone) - so a ``kill -9`` leaves nothing behind for good.
+``temp_dir(purpose)``
+    Context manager: a private temp folder ``<tmp>/assd-<purpose>-<pid>-<random>``, removed on exit;
+    stale ``assd-*`` folders of dead processes are removed first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+from assd.errors import UserError
+
+TEMP_DIR_PREFIX = "assd-"
+_TEMP_DIR_PATTERN = re.compile(r"^assd-[a-z0-9-]+?-(\d+)-[a-z0-9_]+$")
+LEGACY_TEMP_AGE_S = 3600  # temp files of older assd versions carry no pid: stale after an hour
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or choose another location",
+    errno.EDQUOT: "the disk quota is exceeded: free space or choose another location",
+    errno.EROFS: "the file system is read-only: choose another location",
+    errno.EACCES: "no permission to write there: choose another location",
+    errno.EPERM: "no permission to write there: choose another location",
+    errno.ENOTDIR: "a parent of it is a file, not a folder: choose another location",
+    errno.EISDIR: "it is a folder: give a file name",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+}
+_TORCH_DISK_FULL = ("unexpected pos", "file write failed")
+
+
+PathLike = str | os.PathLike
+
+
+def _resolved(path: PathLike) -> Path:
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise UserError(f"{path}: cannot resolve this path ({exc}): remove the symlink loop or choose another "
+                        "path") from None
+
+
+def _errno_text(code: int) -> str:
+    return f"{errno.errorcode.get(code, code)}: {os.strerror(code)}"
+
+
+def write_error(path: PathLike, exc: BaseException) -> UserError | None:
+    """The one-line ``UserError`` for a failed write of ``path``, or None when ``exc`` is not a filesystem
+    failure (an ``OSError``, or torch's ``RuntimeError`` on a full disk)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        code = exc.errno
+    elif isinstance(exc, RuntimeError) and any(text in str(exc) for text in _TORCH_DISK_FULL):
+        code = errno.ENOSPC if _free_bytes(Path(path).parent) == 0 else errno.EIO
+    else:
+        return None
+    hint = _HINTS.get(code, "check the location and try again")
+    return UserError(f"{path}: cannot write ({_errno_text(code)}): {hint}")
+
+
+@contextlib.contextmanager
+def writing(path: PathLike) -> Iterator[None]:
+    """Turn a filesystem failure while writing ``path`` into one ``UserError`` line (see ``write_error``)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        error = write_error(path, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def _existing_ancestor(path: Path) -> Path:
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return ancestor
+
+
+def _check_writable(option: str, path: Path, is_folder: bool) -> None:
+    """UserError unless ``path`` (a file or a folder to create/fill) can be written by this process."""
+    target = path if is_folder else path.parent
+    if not is_folder and path.is_dir():
+        raise UserError(f"{path} ({option}): cannot write ({_errno_text(errno.EISDIR)}): {_HINTS[errno.EISDIR]}")
+    if is_folder and path.exists() and not path.is_dir():
+        raise UserError(f"{path} ({option}): cannot write ({_errno_text(errno.ENOTDIR)}): it is a file, not a "
+                        "folder: choose a folder")
+    ancestor = _existing_ancestor(target)
+    if not ancestor.is_dir():
+        raise UserError(f"{path} ({option}): cannot write ({_errno_text(errno.ENOTDIR)}): {ancestor} is a file, "
+                        "not a folder: choose another location")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only(ancestor) else errno.EACCES
+        raise UserError(f"{path} ({option}): cannot write ({_errno_text(code)}): {_HINTS[code]}")
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_outputs(inputs: Iterable[PathLike | None], files: Mapping[str, PathLike | None] | None = None,
+                  folders: Mapping[str, tuple[PathLike | None, Sequence[str]]] | None = None) -> None:
+    """Refuse, before any work, outputs that would land on an input or cannot be written (module docstring)."""
+    input_paths = {_resolved(path): Path(path) for path in inputs if path is not None and Path(path).exists()}
+    claimed: dict[Path, str] = {}
+
+    def claim(option: str, path: Path) -> None:
+        resolved = _resolved(path)
+        if resolved in input_paths:
+            original = input_paths[resolved]
+            same = "" if Path(path) == original else f" ({original})"
+            raise UserError(f"{path} ({option}): is an input of this command{same}; writing it would destroy the "
+                            "input: choose another output path")
+        if resolved in claimed and claimed[resolved] != option:
+            raise UserError(f"{path} ({option}): is also the output of {claimed[resolved]}: give each output its "
+                            "own path")
+        claimed[resolved] = option
+
+    for option, path in (files or {}).items():
+        if path is None:
+            continue
+        _check_writable(option, Path(path), is_folder=False)
+        claim(option, Path(path))
+    for option, (folder, names) in (folders or {}).items():
+        if folder is None:
+            continue
+        folder = Path(folder)
+        _check_writable(option, folder, is_folder=True)
+        if _resolved(folder) in input_paths:
+            raise UserError(f"{folder} ({option}): is an input folder of this command; writing into it would mix "
+                            "outputs with (or replace) the inputs: choose another folder")
+        for name in names:
+            claim(option, folder / name)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user
+        return True
+    return True
+
+
+def _stale(pid_text: str | None, path: Path) -> bool:
+    if pid_text is not None:
+        return not _pid_alive(int(pid_text))
+    try:
+        return time.time() - path.stat().st_mtime > LEGACY_TEMP_AGE_S
+    except OSError:
+        return False
+
+
+def clean_stale_temp_files(path: PathLike) -> list[Path]:
+    """Remove ``.NAME.*.tmp`` files beside ``path`` (NAME = its file name) left by dead processes; only
+    names of our own atomic-write pattern are touched. Returns what was removed."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:(\d+)-)?[A-Za-z0-9_]+\.tmp$")
+    removed = []
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for candidate in candidates:
+        match = pattern.match(candidate.name)
+        if match and candidate.is_file() and not candidate.is_symlink() and _stale(match.group(1), candidate):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
+def temp_file_beside(path: PathLike) -> tuple[int, str]:
+    """``(fd, name)`` of a new, empty temp file for an atomic write of ``path`` (stale ones cleaned first)."""
+    path = Path(path)
+    clean_stale_temp_files(path)
+    return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+
+
+def clean_stale_temp_dirs(root: PathLike | None = None) -> list[Path]:
+    """Remove ``assd-<purpose>-<pid>-*`` folders in the temp folder whose process is gone."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    try:
+        candidates = list(root.iterdir())
+    except OSError:
+        return removed
+    for candidate in candidates:
+        match = _TEMP_DIR_PATTERN.match(candidate.name)
+        if match and candidate.is_dir() and not candidate.is_symlink() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+@contextlib.contextmanager
+def temp_dir(purpose: str) -> Iterator[Path]:
+    """A private temp folder ``assd-<purpose>-<pid>-<random>`` (removed on exit, stale ones first)."""
+    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", purpose):
+        raise ValueError(f"temp_dir purpose {purpose!r}: lowercase words joined by '-'")
+    clean_stale_temp_dirs()
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_DIR_PREFIX}{purpose}-{os.getpid()}-") as folder:
+        yield Path(folder)

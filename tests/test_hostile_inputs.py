@@ -1,0 +1,387 @@
+"""Hostile and careless input through the real CLI (issue 11): every case exits 2 with exactly one line on
+stderr, no traceback, and leaves every file as it was (each file under the artifacts folder and the case's
+own folder is hashed before and after; the case's TMPDIR is inside its folder, so a leftover temp
+folder counts as a change).
+
+Read-only folders and full disks are real: the CLI runs inside a private mount namespace
+(``unshare -Urm``: works for root and, where user namespaces are enabled, for ordinary users) on a
+read-only bind mount or a tiny tmpfs, and lists that folder afterwards from inside (no partial or temp
+file may remain). Where ``unshare`` is not available these cases skip; tests/test_paths.py covers the
+same conversions in-process with monkeypatched writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from assd.data.synthetic import SYNTHETIC_CLASSES
+from assd.export import export_onnx
+from assd.models import ASSD, feature_sizes, get_config
+from assd.models.checkpoint import checkpoint_dict, save_checkpoint
+from assd.runtime.metadata import OnnxMetadata, set_metadata
+from assd.runtime.postprocess import PostprocessConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_SIZE = 64  # assd-mini at 64 px: every map exists, the export is ~1 s
+CASE_MEMORY_LIMIT = 4 << 30
+
+
+def tiny_config():
+    return dataclasses.replace(get_config("assd-mini", class_names=list(SYNTHETIC_CLASSES)), input_size=TINY_SIZE)
+
+
+def write_photo(path: Path, seed: int, size=(120, 90)) -> None:
+    rng = np.random.default_rng(seed)
+    cv2.imwrite(str(path), rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def fake_assd_onnx(path: Path, cfg, *, batch: str = "dynamic", op: str = "Identity", conf_classes: int | None = None,
+                   props: dict | None = None) -> None:
+    """A tiny graph with the assd I/O contract (no weights) and our metadata, optionally damaged."""
+    anchors = sum(h * w * n for (h, w), n in zip(feature_sizes(cfg), cfg.anchors_per_location))
+    dim = "batch" if batch == "dynamic" else int(batch)
+    classes = conf_classes or cfg.num_classes
+    graph = helper.make_graph(
+        [helper.make_node(op, ["images"], ["loc"]), helper.make_node(op, ["images"], ["conf"])], "fake",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [dim, 3, cfg.input_size, cfg.input_size])],
+        [helper.make_tensor_value_info("loc", TensorProto.FLOAT, [dim, anchors, 4]),
+         helper.make_tensor_value_info("conf", TensorProto.FLOAT, [dim, anchors, classes])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    set_metadata(model, OnnxMetadata(model_config=cfg, postprocess=PostprocessConfig().to_dict(), outputs="raw",
+                                     precision="fp32", batch=batch, version="test"))
+    for prop in model.metadata_props:
+        if props and prop.key in props:
+            prop.value = props[prop.key]
+    path.write_bytes(model.SerializeToString())
+
+
+def write_bad_checkpoint(path: Path, **config_changes) -> None:
+    data = checkpoint_dict(ASSD(tiny_config()))
+    data["model_config"].update(config_changes)
+    data["model"] = {}
+    torch.save(data, path)
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory) -> Path:
+    """Every input the cases use, made once: tiny checkpoint and ONNX, photos, broken files."""
+    folder = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    model = ASSD(tiny_config()).eval()
+    save_checkpoint(model, folder / "mini.pt")
+    export_onnx(model, folder / "mini.onnx")
+    (folder / "photos").mkdir()
+    for index in range(2):
+        write_photo(folder / "photos" / f"p{index}.jpg", index)
+    (folder / "trunc").mkdir()
+    data = (folder / "photos" / "p0.jpg").read_bytes()
+    (folder / "trunc" / "t.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "coco" / "images").mkdir(parents=True)
+    (folder / "coco" / "empty.json").write_text("{}")
+    (folder / "coco" / "nocat.json").write_text(json.dumps({"images": [], "annotations": []}))
+    (folder / "empty.onnx").write_bytes(b"")
+    (folder / "garbage.onnx").write_bytes(b"\x08\x07this is not onnx" * 10)
+    cfg = tiny_config()
+    fake_assd_onnx(folder / "batch_abc.onnx", cfg, props={"assd.batch": "abc"})
+    fake_assd_onnx(folder / "outputs_bad.onnx", cfg, props={"assd.outputs": "everything"})
+    fake_assd_onnx(folder / "size_mismatch.onnx", dataclasses.replace(cfg, input_size=96),
+                   props={"assd.model_config": cfg.to_json()})
+    fake_assd_onnx(folder / "classes_mismatch.onnx", cfg, conf_classes=cfg.num_classes + 3)
+    fake_assd_onnx(folder / "batch_mismatch.onnx", cfg, batch="4", props={"assd.batch": "2"})
+    fake_assd_onnx(folder / "unknown_op.onnx", cfg, op="NoSuchOperator")
+    write_bad_checkpoint(folder / "size_negative.pt", input_size=-5)
+    write_bad_checkpoint(folder / "size_huge.pt", input_size=100000)
+    (folder / "notadir.txt").write_text("a file, not a folder\n")
+    (folder / "report.json").write_text(json.dumps({"format": "assd-bench", "rows": []}))
+    return folder
+
+
+_HASHES: dict[tuple, str] = {}  # (path, inode, size, mtime_ns, ctime_ns) -> sha256: a file is re-read when any moves
+
+
+def _file_hash(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _HASHES[key]
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file (content hash) and folder under ``roots``, except ONNX Runtime's ``$TMPDIR/.ses`` (a
+    session id it keeps in the temp folder of every machine; not ours, not the user's)."""
+    state = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if path.name == ".ses" and path.parent.name == "tmp":
+                continue
+            if path.is_symlink():
+                state[str(path)] = f"link to {os.readlink(path)}"
+            else:
+                state[str(path)] = "dir" if path.is_dir() else _file_hash(path)
+    return state
+
+
+def cli_command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "assd.cli", *args]
+
+
+def _limit_memory() -> None:
+    """A case that allocates what it should have refused fails with MemoryError instead of waking the
+    OOM killer on a shared machine (heap and anonymous mappings only; libraries are not counted)."""
+    resource.setrlimit(resource.RLIMIT_DATA, (CASE_MEMORY_LIMIT, CASE_MEMORY_LIMIT))
+
+
+def run_case(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    tmp = cwd / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False,
+                          preexec_fn=_limit_memory)
+
+
+def assert_one_line_refusal(result: subprocess.CompletedProcess, expected: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+
+
+# (id, arguments with {art} = the artifacts folder and {out} = the case's own folder, expected text)
+CASES = [
+    # Outputs landing on inputs (items 2, 4)
+    ("bench-json-onto-model", "bench {art}/mini.onnx --json {art}/mini.onnx", "is an input of this command"),
+    ("eval-json-onto-checkpoint", "eval --model {art}/mini.pt --data synthetic:2 --json {art}/mini.pt",
+     "is an input of this command"),
+    ("eval-json-onto-coco-annotations", ("eval --model {art}/mini.pt --data coco:{art}/coco/images:{art}/coco/nocat.json"
+     " --json {art}/coco/nocat.json"), "is an input of this command"),
+    ("eval-engine-json-onto-reference", ("eval-engine {art}/mini.onnx --data synthetic:2 --reference {art}/mini.pt "
+     "--json {art}/mini.pt"), "is an input of this command"),
+    ("export-output-symlink-to-checkpoint", "export --onnx {art}/mini.pt -o {out}/link.onnx",
+     "is an input of this command"),
+    ("predict-out-is-source-folder", "predict --model {art}/mini.pt {art}/photos --out {art}/photos",
+     "is an input folder of this command"),
+    ("attention-output-name-is-the-image", "attention --model {art}/mini.pt {out}/attention_grid.png --out {out}",
+     "is an input of this command"),
+    ("bench-two-outputs-one-file", "bench {art}/mini.onnx --csv {out}/r.txt --markdown {out}/r.txt",
+     "is also the output of --csv"),
+    ("bench-report-merged-onto-itself", "bench --report {art}/report.json --markdown {art}/report.json",
+     "is an input of this command"),
+    ("build-engine-timing-cache-onto-onnx", ("build-engine {art}/mini.onnx -o {out}/m.engine "
+     "--timing-cache {art}/mini.onnx"), "is an input of this command"),
+    # Outputs that cannot be written, refused before the work (item 7)
+    ("eval-json-parent-is-a-file", "eval --model {art}/mini.pt --data synthetic:2 --json {art}/notadir.txt/r.json",
+     "ENOTDIR"),
+    ("bench-json-symlink-loop", "bench {art}/mini.onnx --json {out}/loop.json", "cannot resolve this path"),
+    ("eval-unknown-device", "eval --model {art}/mini.pt --data synthetic:2 --device tpu", "--device tpu: not a device"),
+    ("bench-json-is-a-folder", "bench {art}/mini.onnx --json {art}/photos", "is a directory"),
+    ("predict-out-is-a-file", "predict --model {art}/mini.pt {art}/photos --out {art}/notadir.txt",
+     "is a file"),
+    # ONNX files whose metadata is broken or disagrees with the graph (items 8, 16)
+    ("bench-empty-onnx", "bench {art}/empty.onnx", "empty file (0 bytes)"),
+    ("bench-garbage-onnx", "bench {art}/garbage.onnx", "not a readable ONNX file"),
+    ("bench-metadata-batch-abc", "bench {art}/batch_abc.onnx", "assd.batch is 'abc'"),
+    ("eval-metadata-outputs-unknown", "eval --model {art}/outputs_bad.onnx --data synthetic:2",
+     "assd.outputs is 'everything'"),
+    ("eval-engine-metadata-size-vs-graph", "eval-engine {art}/size_mismatch.onnx --data synthetic:2",
+     "'images' is [?x3x96x96], expected [?x3x64x64]"),
+    ("bench-metadata-classes-vs-graph", "bench {art}/classes_mismatch.onnx", "'conf' is"),
+    ("bench-metadata-batch-vs-graph", "bench {art}/batch_mismatch.onnx", "'images' is [4x3x64x64]"),
+    ("bench-onnxruntime-cannot-load", "bench {art}/unknown_op.onnx", "ONNX Runtime cannot load it"),
+    ("attention-with-onnx", "attention --model {art}/mini.onnx {art}/photos/p0.jpg --out {out}/att",
+     "need a .pt checkpoint"),
+    # Out-of-range options and absurd checkpoints (item 10)
+    ("export-opset-5", "export --onnx {art}/mini.pt -o {out}/m.onnx --opset 5", "--opset 5: assd exports opsets 16..23"),
+    ("export-opset-99", "export --onnx {art}/mini.pt -o {out}/m.onnx --opset 99", "assd exports opsets"),
+    ("eval-engine-tolerance-negative", "eval-engine {art}/mini.onnx --data synthetic:2 --tolerance -1",
+     "--tolerance -1.0: must be a finite"),
+    ("eval-engine-tolerance-nan", "eval-engine {art}/mini.onnx --data synthetic:2 --tolerance nan",
+     "--tolerance nan: must be a finite"),
+    ("eval-checkpoint-input-size-negative", "eval --model {art}/size_negative.pt --data synthetic:2",
+     "input_size -5 is not a whole number of pixels"),
+    ("bench-checkpoint-input-size-huge", "bench {art}/size_huge.pt", "input_size 100000 is not"),
+    ("info-checkpoint-input-size-huge", "info {art}/size_huge.pt", "input_size 100000 is not"),
+    ("info-absurd-class-count", "info assd-mini --num-classes 1000000000", "--num-classes 1000000000: must be at least 2 and at most"),
+    ("bench-iters-zero", "bench {art}/mini.onnx --iters 0", "need iters >= 1"),
+    ("eval-batch-size-zero", "eval --model {art}/mini.pt --data synthetic:2 --batch-size 0", "--batch-size 0"),
+    ("eval-nms-iou-nan", "eval --model {art}/mini.pt --data synthetic:2 --nms-iou nan", "NMS IoU threshold nan"),
+    ("predict-score-threshold-2", "predict --model {art}/mini.pt {art}/photos --out {out}/p --score-threshold 2",
+     "score threshold 2.0"),
+    # Memory refused with the estimate before allocating (item 11)
+    ("bench-onnx-batch-500000", "bench {art}/mini.onnx --batch 500000", "GB is"),
+    ("bench-checkpoint-batch-200000", "bench {art}/mini.pt --batch 200000", "GB is"),
+    ("eval-batch-size-500000", "eval --model {art}/mini.pt --data synthetic:2 --batch-size 500000", "GB is"),
+    ("export-fixed-batch-500000", "export --onnx {art}/mini.pt -o {out}/m.onnx --batch 500000", "GB is"),
+    # Data (items 9, 12, 14)
+    ("eval-coco-without-categories", "eval --model {art}/mini.pt --data coco:{art}/coco/images:{art}/coco/nocat.json",
+     "'categories' is missing"),
+    ("eval-coco-empty-object", "eval --model {art}/mini.pt --data coco:{art}/coco/images:{art}/coco/empty.json",
+     "'images' is missing"),
+    ("predict-truncated-jpeg", "predict --model {art}/mini.pt {art}/trunc/t.jpg --out {out}/p",
+     "truncated or malformed JPEG"),
+    ("export-parity-images-checked-before-writing", ("export --onnx {art}/mini.pt -o {out}/m.onnx "
+     "--parity-images {art}/trunc"), "truncated or malformed JPEG"),
+]
+
+
+def _run_hostile_case(art: Path, folder: Path, args: str):
+    """``(files before, files after, result)`` of one case run in its own ``folder``."""
+    (folder / "tmp").mkdir()
+    if "link.onnx" in args:
+        (folder / "link.onnx").symlink_to(art / "mini.pt")
+    if "loop.json" in args:
+        (folder / "loop.json").symlink_to(folder / "loop.json")
+    if "attention_grid.png" in args:
+        write_photo(folder / "attention_grid.png", 3)
+    before = snapshot(art, folder)
+    result = run_case(cli_command(shlex.split(args.format(art=art, out=folder))), folder)
+    return before, snapshot(art, folder), result
+
+
+@pytest.fixture(scope="module")
+def hostile_results(art, tmp_path_factory) -> dict:
+    """Every case of ``CASES``, run once, two subprocesses at a time (each starts Python, torch and
+    ONNX Runtime: ~3 s of CPU), each in its own folder; the tests below check one result each."""
+    folders = {case_id: tmp_path_factory.mktemp(case_id) for case_id, _, _ in CASES}
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        futures = {case_id: pool.submit(_run_hostile_case, art, folders[case_id], args) for case_id, args, _ in CASES}
+        return {case_id: future.result() for case_id, future in futures.items()}
+
+
+@pytest.mark.parametrize("case_id, expected", [pytest.param(i, e, id=i) for i, _, e in CASES])
+def test_hostile_input_is_one_line_and_changes_nothing(hostile_results, case_id, expected):
+    before, after, result = hostile_results[case_id]
+    assert_one_line_refusal(result, expected)
+    assert after == before, "a file was created or changed"
+
+
+def test_predict_into_the_folder_of_a_source_image_never_replaces_it(art, tmp_path):
+    source = tmp_path / "photo.jpg"
+    write_photo(source, 7)
+    original = source.read_bytes()
+    result = run_case(cli_command(["predict", "--model", str(art / "mini.pt"), str(source), "--out", str(tmp_path)]),
+                      tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert source.read_bytes() == original
+    assert (tmp_path / "photo_2.jpg").is_file() and (tmp_path / "detections.json").is_file()
+
+
+def _has_private_mounts() -> bool:
+    try:
+        return subprocess.run(["unshare", "-Urm", "true"], check=False, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+needs_mounts = pytest.mark.skipif(not _has_private_mounts(),
+                                  reason="no private mount namespace (unshare -Urm); tests/test_paths.py covers "
+                                         "these faults with monkeypatched writes")
+
+
+def run_in_mount_namespace(setup: str, folder: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run the CLI after ``setup`` (mount commands) in a private namespace, then list ``folder`` there."""
+    cli = " ".join(shlex.quote(part) for part in cli_command(args))
+    script = f"{setup} && {cli}; rc=$?; echo '--- listing'; ls -A {shlex.quote(str(folder))}; exit $rc"
+    return run_case(["unshare", "-Urm", "sh", "-c", script], cwd)
+
+
+def listing(result: subprocess.CompletedProcess) -> list[str]:
+    return result.stdout.split("--- listing", 1)[1].split()
+
+
+@needs_mounts
+def test_read_only_folder_is_refused_before_the_work(art, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    setup = f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder}"
+    (tmp_path / "tmp").mkdir()
+    before = snapshot(art, tmp_path)
+    result = run_in_mount_namespace(setup, folder, ["eval", "--model", str(art / "mini.pt"), "--data", "synthetic:2",
+                                                    "--json", str(folder / "r.json")], tmp_path)
+    assert_one_line_refusal(result, "EROFS")
+    assert "read-only" in result.stderr and listing(result) == []
+    assert snapshot(art, tmp_path) == before
+
+
+@needs_mounts
+def test_disk_full_during_export_is_one_line_and_leaves_nothing(art, tmp_path):
+    folder = tmp_path / "full"
+    folder.mkdir()
+    result = run_in_mount_namespace(f"mount -t tmpfs -o size=256k tmpfs {folder}", folder,
+                                    ["export", "--onnx", str(art / "mini.pt"), "-o", str(folder / "m.onnx"),
+                                     "--no-parity"], tmp_path)
+    assert_one_line_refusal(result, "ENOSPC")
+    assert str(folder / "m.onnx") in result.stderr and listing(result) == []  # no partial file, no temp file
+
+
+@needs_mounts
+def test_disk_full_when_predict_draws_images_is_one_line(art, tmp_path):
+    folder = tmp_path / "full"
+    folder.mkdir()
+    fill = f"mount -t tmpfs -o size=64k tmpfs {folder} && head -c 60000 /dev/zero > {folder}/filler"
+    result = run_in_mount_namespace(fill, folder, ["predict", "--model", str(art / "mini.pt"), str(art / "photos"),
+                                                   "--out", str(folder)], tmp_path)
+    assert_one_line_refusal(result, "ENOSPC")
+    assert not any(name.endswith(".tmp") for name in listing(result))
+
+
+@needs_mounts
+def test_torch_save_on_a_full_disk_becomes_one_enospc_error(tmp_path):
+    """torch reports a full disk as RuntimeError("... unexpected pos ...") or "file write failed";
+    ``assd.paths.writing`` names the file and ENOSPC (what checkpoint saves wrap)."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    code = ("import torch; from assd.paths import writing\n"
+            f"with writing('{folder}/last.pt'):\n    torch.save({{'w': torch.zeros(1 << 20)}}, '{folder}/last.pt')")
+    script = (f"mount -t tmpfs -o size=256k tmpfs {folder} && {shlex.quote(sys.executable)} -c {shlex.quote(code)}")
+    result = run_case(["unshare", "-Urm", "sh", "-c", script], tmp_path)
+    assert result.returncode == 1 and "UserError" in result.stderr
+    assert f"{folder}/last.pt: cannot write (ENOSPC" in result.stderr.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------- metadata vs graph, in-process (item 8)
+
+@pytest.mark.parametrize("changes, message", [
+    ({"props": {"assd.batch": "-3"}}, "assd.batch is '-3'"),
+    ({"props": {"assd.precision": "fp8"}}, "assd.precision is 'fp8'"),
+    ({"props": {"assd.postprocess": '{"nms_iou": 7}'}}, "assd.postprocess: NMS IoU threshold 7"),
+    ({"props": {"assd.postprocess": "[1, 2]"}}, "assd.postprocess is not a JSON object"),
+    ({"props": {"assd.model_config": "{not json"}}, "damaged assd metadata"),
+    ({"batch": "3"}, "assd.batch is 'dynamic' but the graph's batch is fixed at 3"),
+])
+def test_metadata_is_validated_against_the_graph(tmp_path, changes, message):
+    from assd.errors import UserError
+    from assd.runtime.metadata import read_metadata
+
+    path = tmp_path / "m.onnx"
+    props = changes.get("props", {})
+    if "batch" in changes:  # a fixed-batch graph whose metadata still says dynamic
+        fake_assd_onnx(path, tiny_config(), batch=changes["batch"], props={"assd.batch": "dynamic"})
+    else:
+        fake_assd_onnx(path, tiny_config(), props=props)
+    with pytest.raises(UserError, match="m.onnx: ") as error:
+        read_metadata(path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_consistent_fake_graph_passes_the_metadata_check(tmp_path):
+    from assd.runtime.metadata import read_metadata
+
+    fake_assd_onnx(tmp_path / "ok.onnx", tiny_config(), batch="2")
+    assert read_metadata(tmp_path / "ok.onnx").fixed_batch == 2
