@@ -71,8 +71,11 @@ def _errno_text(code: int) -> str:
 def write_error(path: PathLike, exc: BaseException) -> UserError | None:
     """The one-line ``UserError`` for a failed write of ``path``, or None when ``exc`` is not a filesystem
     failure (an ``OSError``, or torch's ``RuntimeError`` on a full disk)."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        code = exc.errno
+    cause = exc
+    while cause is not None and not isinstance(cause, OSError):  # torch raises its own error on top of it
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None and cause.errno is not None:
+        code = cause.errno
     elif isinstance(exc, RuntimeError) and any(text in str(exc) for text in _TORCH_DISK_FULL):
         code = errno.ENOSPC if _free_bytes(Path(path).parent) == 0 else errno.EIO
     else:

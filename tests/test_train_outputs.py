@@ -22,7 +22,9 @@ from assd.errors import UserError
 from assd.models.checkpoint import atomic_torch_save, load_checkpoint
 from assd.train import train
 from assd.train.inputs import with_augment
-from assd.train.state import STALE_TEMP
+
+# Our atomic writes' temp files: .NAME.<pid>-<random>.tmp (assd.paths.temp_file_beside).
+OUR_TEMP = re.compile(r"^\.(last\.pt|best\.pt|metrics\.jsonl|curves\.png)\.\d+-[A-Za-z0-9_]+\.tmp$")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -57,7 +59,7 @@ def test_disk_full_during_a_checkpoint_save_is_one_line_and_keeps_the_last_good_
     assert f"{out / 'last.pt'}: cannot write (ENOSPC: No space left on device)" in message
     assert "still holds epoch 1/2, step 2: --resume continues from there" in message and "\n" not in message
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
-    assert not [path for path in out.iterdir() if STALE_TEMP.match(path.name)]
+    assert not [path for path in out.iterdir() if OUR_TEMP.match(path.name)]
     monkeypatch.undo()  # space freed
     assert train(options(out, model=None, data=synthetic(4), resume=True)).finished
 

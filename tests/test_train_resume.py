@@ -5,6 +5,7 @@ of writing it) leaves nothing a resumed run repeats or keeps; clear messages for
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,10 @@ from train_helpers import NaNImages, metrics_lines, options, synthetic
 
 from assd.errors import CheckFailed, UserError
 from assd.train import train
-from assd.train.state import STALE_TEMP, trim_metrics
+from assd.train.state import trim_metrics
+
+# Our atomic writes' temp files: .NAME.<pid>-<random>.tmp (assd.paths.temp_file_beside).
+OUR_TEMP = re.compile(r"^\.(last\.pt|best\.pt|metrics\.jsonl|curves\.png)\.\d+-[A-Za-z0-9_]+\.tmp$")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,7 +87,7 @@ def test_kill_between_metrics_line_and_checkpoint_does_not_duplicate_epochs(tmp_
 def test_kill_during_checkpoint_save_leaves_a_temp_file_the_next_run_removes(tmp_path, capsys):
     out = tmp_path / "run"
     _killed_run(out, "mid-save")
-    leftovers = [path.name for path in out.iterdir() if STALE_TEMP.match(path.name)]
+    leftovers = [path.name for path in out.iterdir() if OUR_TEMP.match(path.name)]
     assert len(leftovers) == 1 and leftovers[0].startswith(".last.pt.")
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1  # the last good one
     users = [".last.pt.my-notes.tmp", "last.pt.tmp", ".last.pt.abcd1234.txt"]  # not our pattern: kept

@@ -35,6 +35,10 @@ def export_command(model, to_onnx, output, opset, batch, with_postprocess, atten
 
         if to_onnx or output:
             raise UserError("--triton writes a model repository from an .onnx or .engine file: give no --onnx or -o")
+        from assd.paths import check_outputs
+        from assd.runtime.runners import artifact_files
+
+        check_outputs(artifact_files(model), folders={"--triton": (triton_repo, [])})
         write_repository(triton_repo, model, max_batch=max_batch, echo=click.echo)
         return
     if output is None:

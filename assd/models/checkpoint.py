@@ -10,9 +10,7 @@ Writing is atomic (temp file in the same folder, then rename).
 
 from __future__ import annotations
 
-import errno
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,31 +31,26 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` to a temp file beside ``path``, then rename: readers never see half a file.
 
     A failed write (disk full, read-only folder, ...) leaves ``path`` as it was, removes the temp file and
-    raises a one-line ``UserError`` naming ``path`` and the errno. torch.save is handed a Python file
-    object so the OS error keeps its errno: given a path, torch reports a full disk only as "unexpected
-    pos N vs M", and even with a file object its zip writer's cleanup raises that RuntimeError on top of
-    the OSError (kept as its ``__context__``)."""
+    raises a one-line ``UserError`` naming ``path`` and the errno (``assd.paths.write_error``). torch.save
+    is handed a Python file object so the OS error keeps its errno: given a path, torch reports a full
+    disk only as "unexpected pos N vs M". Temp files of killed processes are removed by the next save."""
+    from assd.paths import temp_file_beside, write_error
+
     path = Path(path)
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = temp_file_beside(path)
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
         os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp_name, path)
         tmp_name = None
     except (OSError, RuntimeError) as exc:
-        cause = exc
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:  # not a file system error
+        error = write_error(path, exc)
+        if error is None:  # not a file system error
             raise
-        name = errno.errorcode.get(cause.errno, "OSError") if cause.errno else type(cause).__name__
-        advice = "free disk space or write elsewhere" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else (
-            "write elsewhere or fix the folder's permissions")
-        raise UserError(f"{path}: cannot write ({name}: {cause.strerror or cause}); the previous file, if any, "
-                        f"is unchanged: {advice}") from None
+        raise UserError(f"{error} (the previous file, if any, is unchanged)") from None
     finally:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from assd.errors import UserError
 from assd.models.config import ModelConfig
+from assd.models.limits import check_config
 
 SIDECAR_FORMAT = "assd-engine"
 SIDECAR_VERSION = 2  # 2: records tf32 (version 1 engines were built with TensorRT's default, TF32 on)
@@ -92,10 +93,11 @@ class EngineInfo:
         fields = {key: value for key, value in data.items() if key not in ("format", "version")}
         try:
             info = cls(**fields)
-            info.config  # noqa: B018 - validates the stored ModelConfig
+            cfg = info.config
         except (TypeError, KeyError, ValueError) as exc:
             raise UserError(f"{source}: damaged engine sidecar ({exc}): rebuild the engine with "
                             "'assd build-engine'") from None
+        check_config(cfg, source)  # sane sizes and counts, as for checkpoints and ONNX files
         return info
 
 

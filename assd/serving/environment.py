@@ -94,15 +94,3 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
-
-
-def check_output_path(path: str | os.PathLike, option: str) -> None:
-    """UserError now, before any expensive work, when ``path`` could not be written later."""
-    from pathlib import Path
-
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{option} {path}: is a folder: name a file")
-    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {path}: cannot write there ({folder} is not a writable folder): choose another path")

@@ -24,8 +24,8 @@ import numpy as np
 
 import assd
 from assd.errors import CheckFailed, UserError
+from assd.paths import check_outputs
 from assd.serving.client import DetectionClient, error_message, parse_server_url
-from assd.serving.environment import check_output_path
 from assd.utils import atomic_write_json, atomic_write_text
 
 REPORT_FORMAT = "assd-bench-server"
@@ -157,9 +157,7 @@ def run_server_bench(url: str, levels: list[int], requests: int | None = None, s
     """Load the model at ``url`` at every concurrency of ``levels``; returns the report (written where asked)."""
     address = parse_server_url(url, "--server")
     max_requests, max_seconds = bounds(requests, seconds)
-    for option, path in (("--json", json_out), ("--markdown", markdown_out)):
-        if path:
-            check_output_path(path, option)
+    check_outputs(list(images or []), files={"--json": json_out, "--markdown": markdown_out})
     payloads, payload_name = load_payloads(images)
     bound = f"{max_requests} requests" if seconds is None else f"{max_seconds:g} s"
     echo(f"loading {address} with {payload_name}: concurrency {levels}, {bound} per level")

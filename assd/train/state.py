@@ -19,17 +19,16 @@ validation mAP) are ``assd.models.checkpoint`` files with these extra keys:
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import random
-import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from assd import paths
 from assd.errors import UserError
 from assd.models.checkpoint import read_checkpoint
 from assd.utils import atomic_write_text
@@ -39,9 +38,7 @@ BEST = "best.pt"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
-# The temp files of our atomic writes into a run folder: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
-# puts 8 characters of [a-z0-9_] between them. Only names of this form are ever cleaned up.
-STALE_TEMP = re.compile(r"^\.(last\.pt|best\.pt|metrics\.jsonl|curves\.png)\.[a-z0-9_]{8}\.tmp$")
+RUN_FILES = (LAST, BEST, METRICS, CURVES)  # what a run writes into --out (besides tensorboard/)
 
 
 def rng_states() -> dict:
@@ -77,24 +74,14 @@ def describe_run(state: dict) -> str:
 
 def write_error(path: Path, exc: OSError, advice: str) -> UserError:
     """One line for a failed write: the path, the errno name and its text, what to do."""
-    name = errno.errorcode.get(exc.errno, "OSError") if exc.errno else type(exc).__name__
-    return UserError(f"{path}: cannot write ({name}: {exc.strerror or exc}): {advice}")
+    error = paths.write_error(path, exc)
+    return error if error is not None else UserError(f"{path}: cannot write ({exc}): {advice}")
 
 
-def check_writable(out: Path) -> None:
-    """Refuse, before any work, an ``out`` that is a file, cannot be created (a file on the way), or lies
-    on a read-only file system or in a folder we may not write."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: --out exists and is not a folder: pass a folder for the run's files")
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{out}: cannot create the run folder: {existing} is a file: pass another --out")
-    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-    if read_only or not os.access(existing, os.W_OK | os.X_OK):
-        why = "is on a read-only file system" if read_only else "is not writable (permissions)"
-        raise UserError(f"{out}: {existing} {why}: pass an --out you can write to")
+def check_writable(out: Path, inputs: Sequence[str] = ()) -> None:
+    """Refuse, before any work, an ``out`` that is a file, cannot be created (a file on the way), lies on a
+    read-only file system or in a folder we may not write, or is (or holds) one of the run's ``inputs``."""
+    paths.check_outputs(list(inputs), folders={"--out": (out, [*RUN_FILES, TENSORBOARD_DIR])})
 
 
 def _read_run_checkpoint(last: Path, out: Path) -> dict:
@@ -106,7 +93,7 @@ def _read_run_checkpoint(last: Path, out: Path) -> dict:
                         "run's files) or another --out") from None
 
 
-def prepare_out_dir(out: Path, resume: bool, force: bool) -> dict | None:
+def prepare_out_dir(out: Path, resume: bool, force: bool, inputs: Sequence[str] = ()) -> dict | None:
     """Check ``out`` against ``--resume`` / ``--force`` before any work; the checkpoint to resume from, or None.
 
     A folder that already holds a run (``last.pt`` or ``best.pt``) is never overwritten silently:
@@ -114,7 +101,7 @@ def prepare_out_dir(out: Path, resume: bool, force: bool) -> dict | None:
     (``start_run_folder``) once the new run's settings have been checked.
     """
     last = out / LAST
-    check_writable(out)
+    check_writable(out, inputs)
     if resume:
         if not last.is_file():
             raise UserError(f"{last}: nothing to resume (no checkpoint): drop --resume to start a new run there")
@@ -144,9 +131,7 @@ def start_run_folder(out: Path, global_step: int | None, force: bool) -> list[st
         shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     notes = []
-    stale = [path for path in out.iterdir() if STALE_TEMP.match(path.name) and path.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
+    stale = [removed for name in RUN_FILES for removed in paths.clean_stale_temp_files(out / name)]
     if stale:
         notes.append(f"removed {len(stale)} temp file(s) left by an interrupted save in {out}")
     dropped = trim_metrics(out / METRICS, global_step)

@@ -18,7 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from assd.data import collate_detection
+from assd.data import collate_detection, data_spec_inputs
 from assd.errors import CheckFailed, UserError
 from assd.models import ModelConfig, build_model, get_config
 from assd.models.checkpoint import save_checkpoint
@@ -126,7 +126,8 @@ class Trainer:
         payload = None
         if self.ctx.is_main:
             try:
-                payload = ("ok", prepare_out_dir(self.out, self.opts.resume, self.opts.force))
+                payload = ("ok", prepare_out_dir(self.out, self.opts.resume, self.opts.force,
+                                                   data_spec_inputs(self.opts.data)))
             except UserError as exc:
                 payload = ("error", str(exc))
         status, value = distributed.broadcast_from_main(payload, self.ctx)
