@@ -39,7 +39,7 @@ def main(argv=None) -> None:
 
 def _register_commands() -> None:
     """Add every stage's commands to the group (imports stay light: heavy modules load inside commands)."""
-    from assd.commands import demo, deploy, evaluation, models, tensorrt, training
+    from assd.commands import demo, deploy, evaluation, models, precision, tensorrt, training
     cli.add_command(models.info)
     cli.add_command(evaluation.eval_command)
     cli.add_command(evaluation.predict_command)
@@ -50,6 +50,7 @@ def _register_commands() -> None:
     cli.add_command(deploy.eval_engine_command)
     cli.add_command(tensorrt.calibrate_command)
     cli.add_command(tensorrt.build_engine_command)
+    cli.add_command(precision.debug_precision_command)
     cli.add_command(demo.demo_command)
 
 
