@@ -131,3 +131,24 @@ def test_calibrate_outputs_never_land_on_inputs(mini_onnx, images, tmp_path, cap
     _fails_in_one_line([*base, "-o", str(tmp_path / "file" / "out.onnx")], capsys, "is a file, not a folder")
     assert _digest(model) == digest and sorted(p.name for p in tmp_path.iterdir()) == ["alias.onnx", "file",
                                                                                          "model.onnx"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--tolerance", "-1"], "--tolerance -1.0: must be a finite number"),
+    (["--images", "0"], "--images 0: must be at least 1"),
+    (["--calib-images", "0"], "--calib-images 0: must be at least 1"),
+    (["-o", "{tmp}/final.txt"], "must end in .onnx"),
+    (["-o", "{model}"], "is the input ONNX"),
+    (["--report", "{tmp}/notes.txt"], "--report {tmp}/notes.txt: is a file"),
+    (["--data", "{tmp}"], "an image folder has no annotations"),
+    (["--reference", "{tmp}/missing.pt"], "missing.pt"),
+])
+def test_debug_precision_refuses_bad_input_in_one_line(mini_onnx, tmp_path, capsys, extra, message):
+    (tmp_path / "notes.txt").write_text("mine")
+    fill = {"tmp": str(tmp_path), "model": str(mini_onnx)}
+    args = {"--data": "synthetic:2", "--reference": str(mini_onnx), "-o": str(tmp_path / "final.onnx")}
+    for option, value in zip(extra[::2], extra[1::2]):
+        args[option] = value.format(**fill)
+    _fails_in_one_line(["debug-precision", str(mini_onnx), *[item for pair in args.items() for item in pair]], capsys,
+                       message.format(**fill))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

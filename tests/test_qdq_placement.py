@@ -15,13 +15,19 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from assd.calibration.paths import private_workdir
-from assd.calibration.placement import float_tensor_names, fused_residual_adds
+from assd.calibration.placement import fused_residual_adds
 from assd.calibration.quantize import build_qdq_model, private_copy
 from assd.export import export_onnx
 from assd.export.fp16 import attention_nodes
 from assd.models import build_model, get_config
 
 pytestmark = pytest.mark.slow
+
+
+def _float_tensor_names(model: onnx.ModelProto) -> set[str]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    return {v.name for v in values if v.type.tensor_type.elem_type == TensorProto.FLOAT}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +37,7 @@ def assd321(tmp_path_factory):
     torch.manual_seed(0)
     export_onnx(build_model(get_config("assd321")).eval(), path)
     fp32 = onnx.load(str(path))
-    ranges = {name: (-4.0, 4.0) for name in float_tensor_names(fp32)}
+    ranges = {name: (-4.0, 4.0) for name in _float_tensor_names(fp32)}
     with private_workdir() as workdir:
         qdq = build_qdq_model(private_copy(path, workdir), ranges, workdir)
     return fp32, qdq

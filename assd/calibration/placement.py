@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from assd.calibration.cache import Ranges
 
@@ -247,13 +247,6 @@ def keep_layers_high(qdq_model: onnx.ModelProto, fp32_model: onnx.ModelProto, la
     _add_fp32_weights(model, fp32_model, {layer.weight[1] for layer in layers})
     prune_unused(model)
     return model
-
-
-def float_tensor_names(model: onnx.ModelProto) -> set[str]:
-    """Names of the float32 activations of ``model`` (shape-inferred), for ranges made up in tests."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
-    return {v.name for v in values if v.type.tensor_type.elem_type == TensorProto.FLOAT}
 
 
 def topological_sort(graph: onnx.GraphProto) -> None:

@@ -6,7 +6,7 @@ import click
 
 
 @click.command("debug-precision")
-@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.argument("onnx_file")
 @click.option("--data", required=True, help="Annotated evaluation data: voc:ROOT[:SETS], coco:IMAGES:JSON, synthetic[:N].")
 @click.option("--reference", required=True, help="The checkpoint (.pt) or fp32 ONNX the mAP is compared with.")
 @click.option("--precision", type=click.Choice(["int8", "fp16"]), default="int8", show_default=True)
@@ -18,11 +18,11 @@ import click
 @click.option("--calib-images", type=int, default=100, show_default=True, help="Calibration images.")
 @click.option("--method", type=click.Choice(["entropy", "percentile", "max", "auto"]), default="entropy",
               show_default=True, help="Calibration method (auto: the best of the three by Δ mAP).")
-@click.option("--calib-cache", type=click.Path(dir_okay=False), default=None,
+@click.option("--calib-cache", default=None,
               help="JSON cache of the calibration ranges (all methods): reused when the ONNX file and settings match.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", required=True,
               help="The final graph (.onnx): kept-high layers applied and recorded in its metadata.")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--report", "report_dir", default=None,
               help="Report folder (table.md, table.json, sensitivity.png, recipe.json); default: OUTPUT.precision/.")
 def debug_precision_command(onnx_file, data, reference, precision, tolerance, images, calib_data, calib_images,
                             method, calib_cache, output, report_dir):

@@ -86,8 +86,19 @@ def check_options(options: DebugOptions) -> float:
     if options.precision not in PRECISIONS:
         raise UserError(f"--precision {options.precision}: choose one of {', '.join(PRECISIONS)}")
     tolerance = check_tolerance(options.tolerance, options.precision)
+    if options.images < 1:
+        raise UserError(f"--images {options.images}: must be at least 1")
+    if options.calibration is not None and options.precision == "int8":
+        from assd.calibration.quantize import METHODS, check_range_options
+
+        if options.calibration.method not in (*METHODS, "auto"):
+            raise UserError(f"--method {options.calibration.method}: choose one of {', '.join(METHODS)} or auto")
+        check_range_options(options.calibration.images, options.calibration.percentile, options.calibration.num_bins)
     if not str(options.output).endswith(".onnx"):
         raise UserError(f"-o {options.output}: the final graph's file must end in .onnx")
+    if not Path(options.reference).is_file():
+        raise UserError(f"--reference {options.reference}: no such file: pass the checkpoint (.pt) or fp32 ONNX "
+                        "the graph was exported from")
     cache = options.calibration.cache if options.calibration else None
     report = options.report_folder()
     refuse_outputs_on_inputs({"-o": options.output, "--calib-cache": cache, "--report": report},

@@ -37,10 +37,12 @@ def available_threads() -> int:
 def open_session(model: onnx.ModelProto, threads: int | None = None):
     """An ONNX Runtime CPU session of ``model`` with ``threads`` intra-op threads (default: all cores).
 
-    Graph optimizations stop at ``ORT_ENABLE_EXTENDED``: the layout transformations of ``ORT_ENABLE_ALL``
-    pick kernels per graph, so a switchable variant and the real graph it stands for would differ in the
-    last bits, which int8 rounding can amplify; up to EXTENDED they compute the same bits (tested), at
-    the same speed on these graphs."""
+    Every graph the debugger compares (switchable variants, the final graph) runs with the same
+    optimizations, chosen so that a switchable variant and the real graph it stands for compute the
+    same bits (tested): up to ``ORT_ENABLE_EXTENDED`` (``ORT_ENABLE_ALL``'s layout transformations pick
+    kernels per graph, and int8 rounding amplifies last-bit differences), without ORT's
+    ``WeightBiasQuantization`` (it rounds the float bias of a Q/DQ Conv to int32 only where it sees the
+    pattern, i.e. not inside a switch; TensorRT gets the float bias either way). Same speed here."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -48,7 +50,8 @@ def open_session(model: onnx.ModelProto, threads: int | None = None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.intra_op_num_threads = threads or available_threads()
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["WeightBiasQuantization"])
 
 
 class EvalImages:

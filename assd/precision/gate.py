@@ -19,7 +19,7 @@ from assd.calibration.paths import check_writable, private_workdir, refuse_outpu
 from assd.calibration.recipe import load_recipe, resolve_layers
 from assd.errors import CheckFailed, UserError
 from assd.precision.debugger import check_tolerance, kept_layers
-from assd.precision.search import LayerSensitivity, search_by_bisection
+from assd.precision.search import LayerSensitivity, SearchResult, search_by_bisection
 from assd.precision.setup import PRECISIONS, CalibrationRequest, eval_images, prepare
 from assd.runtime.metadata import load_fp32_source, read_metadata
 from assd.utils import atomic_write_bytes
@@ -111,15 +111,17 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
         nodes = resolve_layers(recipe.layer_names, names, f"--keep-high {request.keep_high}")
         kept = [layer for layer in setup.layers if layer.node in nodes]
         final = evaluator.evaluate_model(setup.graph(kept))
-    elif budget is not None and abs(plain.delta_points) > budget + 1e-9:
-        echo(f"over budget: bisecting the {len(setup.layers)} layers for the fewest to keep in fp32")
-        result = search_by_bisection(evaluator, setup.layers, budget)
-        every_layer = [LayerSensitivity(layer, i, None, None) for i, layer in enumerate(setup.layers)]
-        chosen, final = kept_layers(setup, result, every_layer, budget, echo)
-        kept = [s.layer for s in chosen]
-        echo(f"  {len(result.trials)} variants evaluated")
-    else:
+    elif budget is None:
         kept, final = [], evaluator.evaluate_model(setup.graph([]))
+    else:
+        result = SearchResult([], plain, True)
+        if abs(plain.delta_points) > budget + 1e-9:
+            echo(f"over budget: bisecting the {len(setup.layers)} layers for the fewest to keep in fp32")
+            result = search_by_bisection(evaluator, setup.layers, budget)
+            echo(f"  {len(result.trials)} variants evaluated")
+        every_layer = [LayerSensitivity(layer, i, None, None) for i, layer in enumerate(setup.layers)]
+        chosen, final = kept_layers(setup, result, every_layer, budget, echo)  # verified on the real graph
+        kept = [s.layer for s in chosen]
     atomic_write_bytes(output, check_and_serialize(setup.graph(kept)))
     share = 100 * sum(layer.share for layer in kept)
     echo(f"wrote the {precision} graph {output}: Δ mAP {final.delta_points:+.2f} points, kept high: "

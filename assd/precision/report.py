@@ -64,14 +64,15 @@ def markdown(debug, recipe: Recipe, options) -> str:
     else:
         lines.append(f"none: the plain {setup.precision} graph meets the tolerance")
     lines += ["", "## Layers by sensitivity", "",
-              "Δ mAP in points against the reference; errors are relative to the fp32 graph's outputs.", "",
-              ("| rank | layer | MACs % | Δ mAP, only this layer high | Δ mAP, only this layer low | "
-              "loc err, only low | conf err, only low | kept high |"), "|---|---|---|---|---|---|---|---|"]
+              ("Δ mAP in points against the reference; points recovered = |Δ every layer low| - |Δ only this "
+               "layer high|; errors are relative to the fp32 graph's outputs."), "",
+              ("| rank | layer | MACs % | Δ mAP, only this layer high | points recovered | Δ mAP, only this layer "
+               "low | loc err, only low | conf err, only low | kept high |"), "|---|---|---|---|---|---|---|---|---|"]
     for rank, s in enumerate(ranked(debug.sensitivities), 1):
         lowered = s.lowered
         lines.append(f"| {rank} | `{s.layer.name}` | {_pct(s.layer.share)} | {s.kept_high.delta_points:+.2f} | "
-                     f"{lowered.delta_points:+.2f} | {lowered.loc_error:.4f} | {lowered.conf_error:.4f} | "
-                     f"{'yes' if s.layer.name in kept_names else ''} |")
+                     f"{s.recovery:+.2f} | {lowered.delta_points:+.2f} | {lowered.loc_error:.4f} | "
+                     f"{lowered.conf_error:.4f} | {'yes' if s.layer.name in kept_names else ''} |")
     lines += ["", "## Per prediction map", "", ("Relative output error against the fp32 graph on each map's anchors "
               "(loc, conf) and on the map tensor the heads read (the attention unit's output)."), ""]
     lines += _map_rows(low, final)
