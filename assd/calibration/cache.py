@@ -22,6 +22,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from assd.calibration.paths import check_writable
 from assd.errors import UserError
 from assd.utils import atomic_write_json
 
@@ -67,14 +68,16 @@ def _read_ours(path: Path) -> dict | None:
 
 
 def check_cache_path(path: str | Path) -> None:
-    """Refuse (UserError) a cache path we must not write: a folder, or an existing file that is not an assd
-    calibration cache (e.g. the model itself, or any user file): it would be overwritten."""
+    """Refuse (UserError) a cache path we must not or cannot write: a folder, an existing file that is not
+    an assd calibration cache (e.g. the model itself, or any user file: it would be overwritten), or a
+    place that is not writable."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--calib-cache {path}: is a folder: pass a file path such as model.calib.json")
     if path.exists() and _read_ours(path) is None:
         raise UserError(f"--calib-cache {path}: exists and is not an assd calibration cache (no "
                         f"'{CACHE_FORMAT}' marker): refusing to overwrite it; pass another path or delete the file")
+    check_writable(path, "--calib-cache")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assd.calibration.cache import check_cache_path
 from assd.calibration.paths import check_writable, private_workdir, refuse_outputs_on_inputs
 from assd.calibration.recipe import KeptLayer, Recipe
 from assd.errors import CheckFailed, UserError
@@ -108,10 +109,7 @@ def check_options(options: DebugOptions) -> float:
     check_writable(options.output, "-o")
     check_writable(report / "table.md", "--report")
     if cache:
-        from assd.calibration.cache import check_cache_path
-
         check_cache_path(cache)
-        check_writable(cache, "--calib-cache")
     return tolerance
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assd.calibration.cache import check_cache_path
 from assd.calibration.paths import check_writable, private_workdir, refuse_outputs_on_inputs
 from assd.calibration.recipe import load_recipe, resolve_layers
 from assd.errors import CheckFailed, UserError
@@ -72,10 +73,7 @@ def check_request(onnx_path: str, output: str, precision: str, calibration: Cali
                              {"ONNX": onnx_path, "--keep-high": request.keep_high})
     check_writable(output, "-o")
     if cache:
-        from assd.calibration.cache import check_cache_path
-
         check_cache_path(cache)
-        check_writable(cache, "--calib-cache")
     return budget, data if needs_eval or request.keep_high else None
 
 
