@@ -51,7 +51,7 @@ def main(argv=None) -> None:
 
 def _register_commands() -> None:
     """Add every stage's commands to the group (imports stay light: heavy modules load inside commands)."""
-    from assd.commands import convert, demo, deploy, evaluation, models, serve, tensorrt, training
+    from assd.commands import convert, demo, deploy, evaluation, models, precision, serve, tensorrt, training
     cli.add_command(models.info)
     cli.add_command(evaluation.eval_command)
     cli.add_command(evaluation.predict_command)
@@ -62,6 +62,7 @@ def _register_commands() -> None:
     cli.add_command(deploy.eval_engine_command)
     cli.add_command(tensorrt.calibrate_command)
     cli.add_command(tensorrt.build_engine_command)
+    cli.add_command(precision.debug_precision_command)
     cli.add_command(demo.demo_command)
     cli.add_command(convert.convert_command)
     cli.add_command(serve.serve_command)

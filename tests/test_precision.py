@@ -221,7 +221,7 @@ def test_calibration_cache_is_reused_and_invalidated(fp32_onnx, voc_images_dir, 
     measure = quantize_module.measure_ranges
 
     def counting(*args, **kwargs):
-        calls.append(args[2].method)
+        calls.append(args[2].num_bins)
         return measure(*args, **kwargs)
 
     monkeypatch.setattr(quantize_module, "measure_ranges", counting)
@@ -229,27 +229,34 @@ def test_calibration_cache_is_reused_and_invalidated(fp32_onnx, voc_images_dir, 
     run = {"num_images": 3, "cache_path": str(cache), "echo": messages.append, "num_bins": 256}
     first = quantize_int8(str(fp32_onnx), str(tmp_path / "a.onnx"), str(voc_images_dir), method="max", **run)
     second = quantize_int8(str(fp32_onnx), str(tmp_path / "b.onnx"), str(voc_images_dir), method="max", **run)
-    assert calls == ["max"] and not first.cache_reused and second.cache_reused
+    assert calls == [256] and not first.cache_reused and second.cache_reused
     assert any("reusing the ranges" in m for m in messages)
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     content = json.loads(cache.read_text())
-    assert content["settings"]["method"] == "max" and len(content["onnx_sha256"]) == 64
-    assert all(lo <= hi for lo, hi in content["ranges"].values()) and "images" in content["ranges"]
+    assert content["settings"]["num_bins"] == 256 and len(content["onnx_sha256"]) == 64
+    assert set(content["ranges"]) == {"entropy", "percentile", "max"}  # one pass gives every method
+    for ranges in content["ranges"].values():
+        assert all(lo <= hi for lo, hi in ranges.values()) and "images" in ranges
+    max_amax = max(abs(v) for v in content["ranges"]["max"]["images"])
+    assert max(abs(v) for v in content["ranges"]["percentile"]["images"]) <= max_amax + 1e-6
 
-    quantize_int8(str(fp32_onnx), str(tmp_path / "c.onnx"), str(voc_images_dir), method="percentile", **run)
-    assert calls == ["max", "percentile"] and "other settings" in " ".join(messages)
+    percentile = quantize_int8(str(fp32_onnx), str(tmp_path / "c.onnx"), str(voc_images_dir), method="percentile", **run)
+    assert calls == [256] and percentile.cache_reused  # another method: same cache
+    quantize_int8(str(fp32_onnx), str(tmp_path / "d.onnx"), str(voc_images_dir), method="percentile",
+                  **{**run, "num_bins": 512})
+    assert calls == [256, 512] and "other settings" in " ".join(messages)
     other = tmp_path / "other.onnx"  # another ONNX file (same metadata, different bytes): recomputed
     model = onnx.load(str(fp32_onnx))
     model.doc_string = "changed"
     onnx.save(model, str(other))
-    quantize_int8(str(other), str(tmp_path / "d.onnx"), str(voc_images_dir), method="percentile", **run)
-    assert calls == ["max", "percentile", "percentile"] and "another ONNX file" in messages[-3]
+    quantize_int8(str(other), str(tmp_path / "e.onnx"), str(voc_images_dir), method="max", **{**run, "num_bins": 512})
+    assert calls == [256, 512, 512] and "another ONNX file" in messages[-3]
 
 
 def test_entropy_calibration_end_to_end(fp32_onnx, voc_images_dir, tmp_path):
     result = quantize_int8(str(fp32_onnx), str(tmp_path / "e.onnx"), str(voc_images_dir), num_images=2,
                            method="entropy", cache_path=str(tmp_path / "e.json"), echo=lambda _: None, num_bins=384)
-    ranges = json.loads((tmp_path / "e.json").read_text())["ranges"]
+    ranges = json.loads((tmp_path / "e.json").read_text())["ranges"]["entropy"]
     assert result.images_used == 2 and len(ranges) > 60
     assert all(np.isfinite([lo, hi]).all() and lo <= hi for lo, hi in ranges.values())
 
@@ -288,3 +295,58 @@ def test_calibrate_cli_reports_parity_and_rejects_bad_input(fp32_onnx, fp16_onnx
         main(["calibrate", str(fp16_onnx), "--calib-data", str(voc_images_dir), "-o", str(tmp_path / "bad.onnx")])
     assert exit_info.value.code == 2 and "the int8 graph is made from the fp32 export" in capsys.readouterr().err
     assert not (tmp_path / "bad.onnx").exists()
+
+
+# ------------------------------------------------------------------------ switchable graphs (debugger)
+def _exact_run(model: onnx.ModelProto, images: np.ndarray, feed: dict | None = None) -> list[np.ndarray]:
+    """Outputs with ONNX Runtime's graph optimizations off: two graphs that compute the same thing give
+    the same bits (with them on, kernels chosen per graph differ in the last bits, which int8 rounding
+    can amplify)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(["loc", "conf"], {"images": images, **(feed or {})})
+
+
+def test_int8_switchable_graph_computes_exactly_the_kept_high_graphs(fp32_onnx, int8_onnx, voc_batch):
+    from assd.calibration.placement import keep_layers_high, qdq_layers
+    from assd.precision.switch import flags, int8_switchable
+
+    fp32, qdq = onnx.load(str(fp32_onnx)), onnx.load(str(int8_onnx[0]))
+    layers = qdq_layers(qdq, fp32)
+    switchable = int8_switchable(qdq, fp32, layers)
+    onnx.checker.check_model(switchable)
+    images, everything = voc_batch[:2], set(range(len(layers)))
+    with_residual = next(i for i, layer in enumerate(layers) if layer.residual)
+    cases = [(everything, qdq), (set(), fp32),
+             (everything - {with_residual}, keep_layers_high(qdq, fp32, [layers[with_residual].node])),
+             ({0, 5}, keep_layers_high(qdq, fp32, [layer.node for i, layer in enumerate(layers) if i not in (0, 5)]))]
+    for low, real in cases:
+        for switched, expected in zip(_exact_run(switchable, images, flags(len(layers), low)), _exact_run(real, images)):
+            np.testing.assert_array_equal(switched, expected)
+    kept = keep_layers_high(qdq, fp32, [layers[with_residual].node])
+    conv = next(n for n in kept.graph.node if n.name == layers[with_residual].node)
+    assert list(conv.input[:2]) == [layers[with_residual].activation[1], layers[with_residual].weight[1]]
+    add = next(n for n in kept.graph.node if n.name == layers[with_residual].residual[0])
+    assert add.input[layers[with_residual].residual[1]] == layers[with_residual].residual[3]  # the float residual
+
+
+def test_fp16_switchable_graph_matches_the_fp16_conversion(fp32_onnx, voc_batch):
+    from assd.precision.layers import fp16_layers
+    from assd.precision.switch import flags, fp16_switchable
+
+    fp32 = onnx.load(str(fp32_onnx))
+    layers = fp16_layers(fp32)
+    assert [layer.name for layer in layers if layer.op_type == "MatMul"] == [f"attention.{k}.weighting" for k in range(6)]
+    switchable = fp16_switchable(fp32, layers)
+    images = voc_batch[:2]
+    high = _exact_run(switchable, images, flags(len(layers), set()))
+    for out, ref in zip(high, _exact_run(fp32, images)):
+        np.testing.assert_array_equal(out, ref)
+    low = _exact_run(switchable, images, flags(len(layers), set(range(len(layers)))))
+    for out, ref, real in zip(low, _exact_run(fp32, images), _exact_run(convert_to_fp16(fp32), images)):
+        emulated, converted = np.linalg.norm(out - ref), np.linalg.norm(real - ref)
+        # fp16 rounding of the same size as the real conversion's (another realization of it), far below the
+        # outputs' magnitude
+        assert 0.3 * converted < emulated < 3 * converted and emulated < 1e-2 * np.linalg.norm(ref), (emulated, converted)

@@ -2,17 +2,20 @@
 
 * Every ``Conv`` gets ``QuantizeLinear -> DequantizeLinear`` on its activation input and an int8
   weight with a per-output-channel ``DequantizeLinear`` (symmetric: zero points are 0); biases stay
-  float (TensorRT quantizes them itself); no Q/DQ on Conv outputs (TensorRT fuses the next Conv's input
-  quantization into the producer, through ReLU and Add).
-* Activations: symmetric per-tensor ranges measured on real images with ``entropy`` (KL divergence,
-  TensorRT's algorithm, ``assd.calibration.entropy``), ``percentile`` (of |x|) or ``max``.
+  float (TensorRT quantizes them itself); no Q/DQ on Conv outputs; the residual input of every Add
+  fused into a Conv gets Q/DQ (``assd.calibration.placement``: TensorRT's placement rules).
+* Activations: symmetric per-tensor ranges measured on real images. One pass collects |x| histograms
+  (and exact min/max) of every Conv input/output and gives the ranges of all three methods:
+  ``entropy`` (KL divergence, TensorRT's algorithm, ``assd.calibration.entropy``), ``percentile`` (of
+  |x|, ONNX Runtime's computation) and ``max``. They are cached together (``assd.calibration.cache``).
 * The attention units (score MatMul, Softmax, weighting MatMul) are excluded: they keep the graph's
   float precision, as do the non-Conv ops.
 
-Calibration and quantization use ONNX Runtime's tools (``create_calibrator``, ``quantize_static``);
-the measured ranges are cached (``assd.calibration.cache``). ORT's ``quant_pre_process`` is not run:
-the exported graph is already optimized (BatchNorms folded, constants folded, shapes inferred), and
-it would only add ORT-specific opset imports.
+Calibration and quantization use ONNX Runtime's tools (``create_calibrator``, ``quantize_static``),
+always on a copy of the model inside a private ``assd-*`` temporary folder: they write intermediates
+beside the model they are given (``assd.calibration.paths``). ORT's ``quant_pre_process`` is not run:
+the exported graph is already optimized (BatchNorms folded, constants folded, shapes inferred), and it
+would only add ORT-specific opset imports.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import contextlib
 import dataclasses
 import io
 import logging
+import shutil
 import sys
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +34,27 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from assd.calibration.cache import CalibrationSettings, load_cache, save_cache, sha256_file
+from assd.calibration.cache import (
+    CalibrationSettings,
+    Ranges,
+    check_cache_path,
+    load_cache,
+    save_cache,
+    sha256_file,
+)
 from assd.calibration.entropy import entropy_ranges
 from assd.calibration.images import ImageCalibrationReader, calibration_images
+from assd.calibration.paths import check_writable, private_workdir, refuse_outputs_on_inputs
+from assd.calibration.placement import (
+    keep_layers_high,
+    layer_display_names,
+    prune_unused,
+    qdq_layers,
+    quantize_residual_inputs,
+    restore_float_consumers,
+    topological_sort,
+)
+from assd.calibration.recipe import resolve_layers, set_kept_high
 from assd.errors import UserError
 from assd.export.fp16 import POSTPROCESS_PREFIX, attention_nodes
 from assd.runtime.metadata import OnnxMetadata, load_fp32_source, set_metadata
@@ -54,13 +75,8 @@ class QuantizeResult:
     images_used: int
     excluded_nodes: list[str]
     quantized_nodes: int
-
-
-def _ort_method(method: str):
-    from onnxruntime.quantization import CalibrationMethod
-
-    return {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
-            "max": CalibrationMethod.MinMax}[method]
+    residual_adds: int = 0
+    kept_high: list[str] = dataclasses.field(default_factory=list)
 
 
 def _providers() -> list[str]:
@@ -74,7 +90,7 @@ def _providers() -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiet_ort():
+def quiet_ort() -> Iterator[None]:
     """ORT's calibrators print progress to stdout and warn through the root logger; keep our output clean."""
     root = logging.getLogger()
     previous = root.level
@@ -86,23 +102,48 @@ def _quiet_ort():
         root.setLevel(previous)
 
 
-def calibration_settings(method: str, num_images: int, source: str, percentile: float,
-                         num_bins: int = HISTOGRAM_BINS) -> CalibrationSettings:
-    if method not in METHODS:
-        raise UserError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
-    if method == "percentile" and not 50.0 < percentile <= 100.0:
+def check_range_options(num_images: int, percentile: float, num_bins: int) -> None:
+    """One-line errors for calibration options out of range (before any work)."""
+    if num_images < 1:
+        raise UserError(f"--calib-images {num_images}: must be at least 1")
+    if not 50.0 < percentile <= 100.0:  # also refuses nan
         raise UserError(f"--calib-percentile {percentile}: must be in (50, 100]")
+    if num_bins < 256:
+        raise UserError(f"histogram bins {num_bins}: must be at least 256 (entropy compares 128 levels)")
+
+
+def calibration_settings(num_images: int, source: str, percentile: float,
+                         num_bins: int = HISTOGRAM_BINS) -> CalibrationSettings:
+    check_range_options(num_images, percentile, num_bins)
     folder = Path(source)
-    return CalibrationSettings(
-        method=method, images=num_images, source=str(folder.resolve()) if folder.is_dir() else source,
-        percentile=percentile if method == "percentile" else None, op_types=QUANTIZED_OP_TYPES,
-        num_bins=num_bins if method != "max" else None)
+    return CalibrationSettings(images=num_images, source=str(folder.resolve()) if folder.is_dir() else source,
+                               percentile=percentile, op_types=QUANTIZED_OP_TYPES, num_bins=num_bins)
 
 
-def measure_ranges(onnx_path: str, metadata: OnnxMetadata, settings: CalibrationSettings,
-                   echo: Callable[[str], None] = print) -> tuple[dict[str, tuple[float, float]], int]:
-    """Run the fp32 graph on the calibration images and return ({tensor: (lowest, highest)}, images used)."""
-    from onnxruntime.quantization import create_calibrator
+def _percentile_ranges(histograms: dict, settings: CalibrationSettings) -> Ranges:
+    """ONNX Runtime's own percentile computation on the merged |x| histograms."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    collector = HistogramCollector("percentile", symmetric=True, num_bins=settings.num_bins,
+                                   num_quantized_bins=128, percentile=settings.percentile, scenario="same")
+    collector.histogram_dict = histograms
+    with quiet_ort():
+        thresholds = collector.compute_percentile()
+    return {name: (float(np.asarray(values[0])), float(np.asarray(values[1]))) for name, values in thresholds.items()}
+
+
+def ranges_from_histograms(histograms: dict, settings: CalibrationSettings) -> dict[str, Ranges]:
+    """{method: ranges} for entropy, percentile and max from ORT's |x| histograms {tensor: (hist, edges,
+    min, max)} (max: the exact extremes the collector tracked)."""
+    return {"entropy": entropy_ranges(histograms), "percentile": _percentile_ranges(histograms, settings),
+            "max": {name: (float(values[2]), float(values[3])) for name, values in histograms.items()}}
+
+
+def measure_ranges(model_path: str | Path, metadata: OnnxMetadata, settings: CalibrationSettings,
+                   workdir: Path, echo: Callable[[str], None] = print) -> tuple[dict[str, Ranges], int]:
+    """Run the fp32 graph at ``model_path`` (inside ``workdir``) on the calibration images once and return
+    ({method: {tensor: (lowest, highest)}} for every method, images used)."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
     images = calibration_images(settings.source, settings.images)
     batch_size = metadata.fixed_batch or 1
@@ -111,60 +152,45 @@ def measure_ranges(onnx_path: str, metadata: OnnxMetadata, settings: Calibration
         raise UserError(f"--calib-data {settings.source}: {len(images)} images, fewer than the model's fixed "
                         f"batch of {batch_size}")
     note = f" (the source has only {images.available})" if images.available < settings.images else ""
-    echo(f"calibrating ({settings.method}) on {usable} images of {settings.source}{note}")
+    echo(f"calibrating on {usable} images of {settings.source}{note} (one pass: entropy, percentile and max ranges)")
     reader = ImageCalibrationReader(images, metadata.model_config, batch_size=batch_size)
-    # entropy: ORT collects the |x| histograms (as for percentile), the KL search is ours (entropy.py)
-    collector_method = "percentile" if settings.method == "entropy" else settings.method
-    options = {"symmetric": True}
-    if settings.num_bins:
-        options["num_bins"] = settings.num_bins
-    if settings.percentile is not None:
-        options["percentile"] = settings.percentile
     chunk = max(CHUNK_IMAGES // batch_size, 1) * batch_size
-    with tempfile.TemporaryDirectory(prefix="assd-calib-") as tmp, _quiet_ort():
+    with quiet_ort():
         calibrator = create_calibrator(
-            Path(onnx_path), list(settings.op_types), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=_ort_method(collector_method), providers=_providers(),
-            extra_options=options)
+            Path(model_path), list(settings.op_types), augmented_model_path=str(workdir / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Percentile, providers=_providers(),
+            extra_options={"symmetric": True, "num_bins": settings.num_bins, "percentile": settings.percentile})
         with tqdm(total=usable, desc="calibration", unit="img", file=sys.stderr, disable=None, leave=False) as bar:
             for start in range(0, usable, chunk):
                 reader.set_range(start, min(start + chunk, usable))
                 calibrator.collect_data(reader)
                 bar.update(min(chunk, usable - start))
-        if settings.method == "entropy":
-            return entropy_ranges(calibrator.collector.histogram_dict), usable
-        tensors = calibrator.compute_data()
-    ranges = {}
-    for name in tensors:
-        lowest, highest = tensors[name].range_value
-        ranges[name] = (float(np.asarray(lowest).min()), float(np.asarray(highest).max()))
-    return ranges, usable
+    return ranges_from_histograms(calibrator.collector.histogram_dict, settings), usable
 
 
-def _tensors_data(ranges: dict[str, tuple[float, float]], method: str):
+def calibrated_ranges(model_path: Path, onnx_sha256: str, metadata: OnnxMetadata, settings: CalibrationSettings,
+                      cache_path: str | None, workdir: Path, echo: Callable[[str], None] = print,
+                      methods: tuple[str, ...] = METHODS) -> tuple[dict[str, Ranges], int, bool]:
+    """({method: ranges}, images used, reused from the cache?): from ``cache_path`` when it matches, else
+    measured (and the cache written)."""
+    if cache_path:
+        lookup = load_cache(cache_path, onnx_sha256, settings, methods)
+        echo(lookup.reason)
+        if lookup.ranges is not None:
+            return lookup.ranges, lookup.images_used, True
+    ranges, images_used = measure_ranges(model_path, metadata, settings, workdir, echo)
+    if cache_path:
+        save_cache(cache_path, ranges, onnx_sha256, settings, images_used)
+        echo(f"wrote calibration cache {cache_path} ({len(ranges['max'])} tensor ranges per method)")
+    return ranges, images_used, False
+
+
+def _tensors_data(ranges: Ranges):
+    from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
-    return TensorsData(_ort_method(method), {
+    return TensorsData(CalibrationMethod.MinMax, {
         name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()})
-
-
-def quantize_with_ranges(onnx_path: str, ranges: dict[str, tuple[float, float]], method: str,
-                         excluded: list[str]) -> onnx.ModelProto:
-    """The Q/DQ graph of ``onnx_path`` with the given activation ranges (see the module docstring)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import save_tensors_data
-
-    with tempfile.TemporaryDirectory(prefix="assd-quant-") as tmp, _quiet_ort():
-        ranges_file, output = Path(tmp) / "ranges.json", Path(tmp) / "int8.onnx"
-        save_tensors_data(_tensors_data(ranges, method), ranges_file)
-        quantize_static(
-            onnx_path, output, calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True, reduce_range=False,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-            calibrate_method=_ort_method(method), calibration_cache_path=ranges_file,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                           "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES)})
-        return onnx.load(str(output))
 
 
 def excluded_node_names(graph: onnx.GraphProto) -> list[str]:
@@ -174,34 +200,86 @@ def excluded_node_names(graph: onnx.GraphProto) -> list[str]:
     return names
 
 
-def quantize_int8(onnx_path: str, output: str, calib_data: str, num_images: int = DEFAULT_IMAGES,
-                  method: str = "entropy", cache_path: str | None = None, percentile: float = DEFAULT_PERCENTILE,
-                  echo: Callable[[str], None] = print, num_bins: int = HISTOGRAM_BINS) -> QuantizeResult:
-    """Write the INT8 Q/DQ graph of the fp32 assd ONNX file ``onnx_path`` to ``output`` (atomically),
-    calibrated on ``num_images`` images of ``calib_data``; ranges cached in ``cache_path`` when given.
-    ``num_bins``: histogram bins for entropy / percentile (fewer: faster, coarser)."""
-    from assd.export.onnx_export import check_and_serialize
+def build_qdq_model(model_path: Path, ranges: Ranges, workdir: Path) -> onnx.ModelProto:
+    """The Q/DQ graph of the fp32 model at ``model_path`` (a copy inside ``workdir``) with these activation
+    ranges: every quantizable Conv in int8 (see the module docstring and ``assd.calibration.placement``)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
 
+    excluded = excluded_node_names(onnx.load(str(model_path), load_external_data=False).graph)
+    ranges_file, output = workdir / "ranges.json", workdir / "int8.onnx"
+    with quiet_ort():
+        save_tensors_data(_tensors_data(ranges), ranges_file)
+        quantize_static(
+            str(model_path), str(output), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True, reduce_range=False,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=ranges_file,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                           "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES)})
+    model = onnx.load(str(output))
+    restore_float_consumers(model)
+    quantize_residual_inputs(model, ranges)
+    prune_unused(model)
+    topological_sort(model.graph)
+    return model
+
+
+def private_copy(onnx_path: str | Path, workdir: Path) -> Path:
+    """The model copied into ``workdir`` (ORT's tools get this copy, never the user's file)."""
+    target = workdir / "model.onnx"
+    shutil.copyfile(onnx_path, target)
+    return target
+
+
+def check_int8_outputs(onnx_path: str, output: str, cache_path: str | None) -> None:
+    """Everything about the output paths that can be refused before any work."""
     if not str(output).endswith(".onnx"):
         raise UserError(f"{output}: the output file must end in .onnx")
-    model, metadata = load_fp32_source(onnx_path, output, "int8")
-    settings = calibration_settings(method, num_images, calib_data, percentile, num_bins)
-    onnx_sha256 = sha256_file(onnx_path)
-    lookup = load_cache(cache_path, onnx_sha256, settings) if cache_path else None
-    if lookup is not None:
-        echo(lookup.reason)
-    if lookup is not None and lookup.ranges is not None:
-        ranges, images_used, reused = lookup.ranges, lookup.images_used, True
-    else:
-        ranges, images_used = measure_ranges(onnx_path, metadata, settings, echo)
-        reused = False
-        if cache_path:
-            save_cache(cache_path, ranges, onnx_sha256, settings, images_used)
-            echo(f"wrote calibration cache {cache_path} ({len(ranges)} tensor ranges)")
-    excluded = excluded_node_names(model.graph)
-    quantized = quantize_with_ranges(str(onnx_path), ranges, method, excluded)
+    refuse_outputs_on_inputs({"-o": output, "--calib-cache": cache_path}, {"ONNX": onnx_path})
+    check_writable(output, "-o")
+    if cache_path:
+        check_cache_path(cache_path)
+
+
+def write_int8_graph(model: onnx.ModelProto, metadata: OnnxMetadata, output: str,
+                     kept_high: list[str] | None = None) -> OnnxMetadata:
+    """Set the int8 metadata (and the kept-high layers) on ``model`` and write it atomically."""
+    from assd.export.onnx_export import check_and_serialize
+
     int8_metadata = dataclasses.replace(metadata, precision="int8")
-    set_metadata(quantized, int8_metadata)
-    atomic_write_bytes(output, check_and_serialize(quantized))
-    convs = sum(1 for node in quantized.graph.node if node.op_type == "Conv")
-    return QuantizeResult(int8_metadata, reused, images_used, excluded, convs)
+    set_metadata(model, int8_metadata)
+    if kept_high:
+        set_kept_high(model, "int8", kept_high)
+    atomic_write_bytes(output, check_and_serialize(model))
+    return int8_metadata
+
+
+def quantize_int8(onnx_path: str, output: str, calib_data: str, num_images: int = DEFAULT_IMAGES,
+                  method: str = "entropy", cache_path: str | None = None, percentile: float = DEFAULT_PERCENTILE,
+                  echo: Callable[[str], None] = print, num_bins: int = HISTOGRAM_BINS,
+                  keep_high: list[str] | None = None) -> QuantizeResult:
+    """Write the INT8 Q/DQ graph of the fp32 assd ONNX file ``onnx_path`` to ``output`` (atomically),
+    calibrated on ``num_images`` images of ``calib_data``; ranges cached in ``cache_path`` when given.
+    ``num_bins``: histogram bins (fewer: faster, coarser); ``keep_high``: layer (or node) names whose
+    Conv stays in float (a recipe's layers)."""
+    if method not in METHODS:
+        raise UserError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
+    check_int8_outputs(onnx_path, output, cache_path)
+    model, metadata = load_fp32_source(onnx_path, output, "int8")
+    settings = calibration_settings(num_images, calib_data, percentile, num_bins)
+    nodes = resolve_layers(keep_high or [], layer_display_names(model.graph), "--keep-high")
+    with private_workdir() as workdir:
+        copy = private_copy(onnx_path, workdir)
+        ranges, images_used, reused = calibrated_ranges(copy, sha256_file(onnx_path), metadata, settings,
+                                                        cache_path, workdir, echo, methods=(method,))
+        quantized = build_qdq_model(copy, ranges[method], workdir)
+    layers = qdq_layers(quantized, model)
+    if nodes:
+        quantized = keep_layers_high(quantized, model, nodes)
+    names = layer_display_names(model.graph)
+    kept = [names[node] for node in nodes]
+    int8_metadata = write_int8_graph(quantized, metadata, output, kept)
+    residual_adds = sum(1 for layer in layers if layer.residual and layer.node not in nodes)
+    return QuantizeResult(int8_metadata, reused, images_used, excluded_node_names(model.graph),
+                          len(layers) - len(nodes), residual_adds, kept)

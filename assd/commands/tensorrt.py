@@ -4,20 +4,44 @@ from __future__ import annotations
 
 import click
 
+CALIB_METHODS = ["entropy", "percentile", "max", "auto"]
 
-def _calibration_options(command):
-    """The --calib-* options shared by 'calibrate' and 'build-engine --int8'."""
-    options = [
-        click.option("--calib-images", type=int, default=500, show_default=True,
-                     help="Calibration images (evenly spaced over the source)."),
-        click.option("--calib-method", type=click.Choice(["entropy", "percentile", "max"]), default="entropy",
-                     show_default=True, help="How activation ranges are chosen from the measured values."),
-        click.option("--calib-cache", type=click.Path(dir_okay=False), default=None,
-                     help="JSON cache of the ranges: reused when the ONNX file and settings match, else rewritten."),
-    ]
+
+def _add_options(command, options):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _calibration_options(command):
+    """The --calib-* options shared by 'calibrate' and 'build-engine --int8'."""
+    return _add_options(command, [
+        click.option("--calib-images", type=int, default=500, show_default=True,
+                     help="Calibration images (evenly spaced over the source)."),
+        click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy", show_default=True,
+                     help="How activation ranges are chosen (auto: the best of the three by Δ mAP on --eval-data)."),
+        click.option("--calib-cache", type=click.Path(dir_okay=False), default=None,
+                     help="JSON cache of the ranges: reused when the ONNX file and settings match, else rewritten."),
+    ])
+
+
+def _gate_options(command):
+    """The accuracy gate's options shared by 'calibrate' and 'build-engine' (assd.precision.gate)."""
+    return _add_options(command, [
+        click.option("--max-delta-map", type=float, default=None,
+                     help="Δ mAP budget in points: over it, layers are kept in fp32 until the graph is within it."),
+        click.option("--keep-high", type=click.Path(dir_okay=False), default=None,
+                     help="A recipe.json from 'assd debug-precision': keep its layers in fp32 (no search)."),
+        click.option("--eval-data", default=None,
+                     help="Annotated images for Δ mAP (default: --calib-data when it is a data spec)."),
+        click.option("--eval-images", type=int, default=50, show_default=True, help="Images the gate evaluates."),
+    ])
+
+
+def _gate_request(max_delta_map, keep_high, eval_data, eval_images):
+    from assd.precision.gate import GateRequest
+
+    return GateRequest(max_delta_map=max_delta_map, keep_high=keep_high, eval_data=eval_data, eval_images=eval_images)
 
 
 @click.command("calibrate")
@@ -30,12 +54,24 @@ def _calibration_options(command):
               help="Percentile of |x| kept (--calib-method percentile).")
 @click.option("--parity-images", type=int, default=8, show_default=True,
               help="Images of --calib-data for the int8-vs-fp32 parity report (0: skip).")
+@_gate_options
 def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method, calib_cache, calib_percentile,
-                      parity_images):
+                      parity_images, max_delta_map, keep_high, eval_data, eval_images):
     """INT8 post-training quantization of the fp32 ONNX_FILE to a Q/DQ graph (TensorRT's explicit
     quantization): per-channel int8 Conv weights, calibrated per-tensor activations, attention in float."""
-    from assd.calibration.workflow import calibrate_and_report
+    from assd.calibration.workflow import calibrate_and_report, check_calibrate_options, report_parity
 
+    check_calibrate_options(calib_images, calib_percentile, parity_images)
+    if calib_method == "auto" or max_delta_map is not None or keep_high:
+        from assd.precision.gate import gate_graph
+        from assd.precision.setup import CalibrationRequest
+
+        calibration = CalibrationRequest(data=calib_data, images=calib_images, method=calib_method, cache=calib_cache,
+                                         percentile=calib_percentile)
+        gate_graph(onnx_file, output, "int8", calibration, _gate_request(max_delta_map, keep_high, eval_data,
+                                                                         eval_images), echo=click.echo)
+        report_parity(onnx_file, output, calib_data, parity_images, echo=click.echo)
+        return
     calibrate_and_report(onnx_file, output, calib_data, num_images=calib_images, method=calib_method,
                          cache_path=calib_cache, percentile=calib_percentile, parity_images=parity_images,
                          echo=click.echo)
@@ -55,6 +91,7 @@ def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method,
               help="Timing cache file: read when present, written after the build.")
 @click.option("--calib-data", default=None, help="Calibration images for --int8 (folder or data spec).")
 @_calibration_options
+@_gate_options
 @click.option("--version-compatible", is_flag=True, help="Engine runs on this TensorRT version or newer "
               "(same major, or 10 -> 11).")
 @click.option("--hardware-compat", type=click.Choice(["none", "same-cc", "ampere+"]), default="none",
@@ -63,15 +100,24 @@ def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method,
 @click.option("--tf32", is_flag=True, help="Allow TF32 for float32 layers (TensorRT's default; off here: ASSD's "
               "unscaled attention scores need full fp32).")
 def build_engine_command(onnx_file, output, precision, batch, workspace, timing_cache, calib_data, calib_images,
-                         calib_method, calib_cache, version_compatible, hardware_compat, tf32):
+                         calib_method, calib_cache, max_delta_map, keep_high, eval_data, eval_images,
+                         version_compatible, hardware_compat, tf32):
     """Build a strongly typed TensorRT engine (+ OUTPUT.json sidecar) from an assd ONNX_FILE."""
+    import dataclasses
+
     from assd.data import data_spec_inputs
-    from assd.export.engine import CalibrationOptions, EngineOptions, build_engine, precision_graph_path
+    from assd.export.engine import (
+        CalibrationOptions,
+        EngineOptions,
+        build_engine,
+        check_options,
+        precision_graph_path,
+    )
     from assd.paths import check_outputs
     from assd.runtime.engine_info import sidecar_path
 
     graph = precision_graph_path(onnx_file, output, precision) if precision in ("fp16", "int8") else None
-    check_outputs([onnx_file, *data_spec_inputs(calib_data)],
+    check_outputs([onnx_file, keep_high, *data_spec_inputs(calib_data), *data_spec_inputs(eval_data)],
                   files={"-o": output, "the engine sidecar": sidecar_path(output), "the precision graph": graph,
                          "--timing-cache": timing_cache, "--calib-cache": calib_cache})
 
@@ -79,4 +125,15 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
         precision=precision, batch=batch, workspace_gb=workspace, timing_cache=timing_cache,
         version_compatible=version_compatible, hardware_compat=hardware_compat, tf32=tf32,
         calibration=CalibrationOptions(data=calib_data, images=calib_images, method=calib_method, cache=calib_cache))
+    if max_delta_map is not None or keep_high or calib_method == "auto":  # the accuracy gate makes the graph
+        from assd.precision.gate import gate_for_engine
+        from assd.precision.setup import CalibrationRequest
+
+        check_options(onnx_file, output, dataclasses.replace(
+            options, calibration=dataclasses.replace(options.calibration, method="entropy")))
+        calibration = CalibrationRequest(data=calib_data, images=calib_images, method=calib_method,
+                                         cache=calib_cache) if calib_data else None
+        onnx_file = gate_for_engine(onnx_file, output, precision, calibration,
+                                    _gate_request(max_delta_map, keep_high, eval_data, eval_images), echo=click.echo)
+        options = dataclasses.replace(options, precision=None)
     build_engine(onnx_file, output, options, echo=click.echo)

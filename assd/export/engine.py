@@ -24,6 +24,7 @@ import torch
 
 import assd
 from assd.calibration.cache import sha256_file
+from assd.calibration.recipe import read_kept_high
 from assd.errors import UserError
 from assd.runtime.engine_info import HARDWARE_COMPAT_LEVELS, EngineInfo, check_build_target, sidecar_path
 from assd.runtime.metadata import OnnxMetadata, read_metadata
@@ -157,7 +158,7 @@ def build_engine(onnx_path: str, output: str, options: EngineOptions,
         outputs=metadata.outputs, version_compatible=options.version_compatible,
         hardware_compatibility=options.hardware_compat, tf32=options.tf32, assd_version=assd.__version__,
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        class_names=list(metadata.model_config.class_names))
+        class_names=list(metadata.model_config.class_names), kept_high=read_kept_high(graph))
     atomic_write_json(sidecar_path(output), info.to_dict())
     echo(f"wrote {output} ({len(plan) / 1e6:.1f} MB, TensorRT {info.tensorrt_version}, {info.gpu_name} "
          f"sm_{capability[0]}{capability[1]}, {precision}, batch {batch.min}:{batch.opt}:{batch.max}) and "

@@ -75,6 +75,7 @@ class EngineInfo:
     assd_version: str = ""
     built_at: str = ""
     class_names: list[str] = field(default_factory=list)
+    kept_high: list[str] = field(default_factory=list)  # layers the graph keeps in fp32 (assd.kept_high)
 
     @property
     def config(self) -> ModelConfig:

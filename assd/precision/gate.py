@@ -1,0 +1,177 @@
+"""Accuracy-gated precision graphs: ``build-engine --int8/--fp16 --max-delta-map`` and ``calibrate``'s
+``--calib-method auto`` / ``--max-delta-map`` / ``--keep-high``.
+
+The gate runs before any TensorRT build (precision lives in the graph): make the INT8 / FP16 graph,
+measure its Δ mAP against the fp32 graph on annotated images (ONNX Runtime, CPU), and when it exceeds
+the budget run the debugger's search (only the "kept high alone" sensitivities: the search needs no
+more) and keep the layers it finds in higher precision. A recipe (``--keep-high recipe.json``) applies
+a known set without searching. The kept layers are recorded in the graph's metadata
+(``assd.kept_high``), which ``build-engine`` copies into the engine's sidecar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from assd.calibration.cache import check_cache_path
+from assd.calibration.paths import check_writable, private_workdir, refuse_outputs_on_inputs
+from assd.calibration.recipe import load_recipe, resolve_layers
+from assd.errors import CheckFailed, UserError
+from assd.precision.debugger import check_tolerance, kept_layers
+from assd.precision.search import LayerSensitivity, SearchResult, search_by_bisection
+from assd.precision.setup import PRECISIONS, CalibrationRequest, eval_images, prepare
+from assd.runtime.metadata import load_fp32_source, read_metadata
+from assd.utils import atomic_write_bytes
+
+DEFAULT_GATE_IMAGES = 50
+
+
+@dataclass
+class GateRequest:
+    max_delta_map: float | None = None  # Δ mAP budget in points (None: no gate)
+    keep_high: str | None = None  # recipe file
+    eval_data: str | None = None  # annotated data for Δ mAP (default: the calibration data when a data spec)
+    eval_images: int = DEFAULT_GATE_IMAGES
+
+
+@dataclass
+class GateResult:
+    graph: str
+    precision: str
+    kept_high: list[str] = field(default_factory=list)
+    delta_low: float | None = None  # Δ mAP points of the plain low-precision graph
+    delta_final: float | None = None
+    method: str | None = None
+
+
+def _eval_data(request: GateRequest, calibration: CalibrationRequest | None) -> str | None:
+    if request.eval_data:
+        return request.eval_data
+    if calibration is not None and not Path(calibration.data).is_dir():
+        return calibration.data
+    return None
+
+
+def check_request(onnx_path: str, output: str, precision: str, calibration: CalibrationRequest | None,
+                  request: GateRequest) -> tuple[float | None, str | None]:
+    """Checks that need no model run; returns (the Δ mAP budget, the evaluation data spec)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision}: the accuracy gate makes int8 or fp16 graphs")
+    budget = None if request.max_delta_map is None else check_tolerance(request.max_delta_map, precision,
+                                                                           "--max-delta-map")
+    if request.eval_images < 1:
+        raise UserError(f"--eval-images {request.eval_images}: must be at least 1")
+    data = _eval_data(request, calibration)
+    needs_eval = budget is not None or (calibration is not None and calibration.method == "auto")
+    if needs_eval and data is None:
+        raise UserError("Δ mAP needs annotated images: pass --eval-data SPEC (voc:ROOT, coco:IMAGES:JSON or "
+                        "synthetic:N); an image folder has no ground truth")
+    cache = calibration.cache if calibration else None
+    refuse_outputs_on_inputs({"-o": output, "--calib-cache": cache},
+                             {"ONNX": onnx_path, "--keep-high": request.keep_high})
+    check_writable(output, "-o")
+    if cache:
+        check_cache_path(cache)
+    return budget, data if needs_eval or request.keep_high else None
+
+
+def gate_graph(onnx_path: str, output: str, precision: str, calibration: CalibrationRequest | None,
+               request: GateRequest, echo: Callable[[str], None] = print) -> GateResult:
+    """Write the gated ``precision`` graph of the fp32 ``onnx_path`` to ``output`` (see the module docstring).
+    Raises CheckFailed (after writing the best graph found) when the budget cannot be met."""
+    from assd.export.onnx_export import check_and_serialize
+
+    budget, data = check_request(onnx_path, output, precision, calibration, request)
+    model, metadata = load_fp32_source(onnx_path, output, precision)
+    recipe = load_recipe(request.keep_high) if request.keep_high else None
+    if recipe is not None and recipe.precision != precision:
+        raise UserError(f"--keep-high {request.keep_high}: a {recipe.precision} recipe; this is a {precision} build")
+    if precision == "int8" and calibration is None:
+        raise UserError(f"{onnx_path}: --int8 from an fp32 graph needs calibration images: pass --calib-data SPEC")
+    if data is None:  # a recipe and nothing to measure: apply it as is
+        data_images = None
+    else:
+        data_images = eval_images(data, request.eval_images, metadata, onnx_path)
+    with private_workdir() as workdir:
+        if data_images is None:
+            return _apply_recipe_unmeasured(onnx_path, output, precision, calibration, recipe, echo)
+        setup = prepare(onnx_path, model, metadata, precision, data_images, None, onnx_path, calibration, workdir,
+                        echo=echo)
+    evaluator, every = setup.evaluator, frozenset(range(len(setup.layers)))
+    names = {layer.node: layer.name for layer in setup.layers}
+    plain = evaluator.evaluate(every)
+    echo(f"accuracy gate on {len(data_images)} images of {data} (reference: the fp32 graph, {plain.result.metric} "
+         f"mAP {100 * setup.reference.mAP:.2f}): plain {precision} Δ mAP {plain.delta_points:+.2f} points"
+         + (f" (budget ±{budget:g})" if budget is not None else ""))
+    if recipe is not None:
+        nodes = resolve_layers(recipe.layer_names, names, f"--keep-high {request.keep_high}")
+        kept = [layer for layer in setup.layers if layer.node in nodes]
+        final = evaluator.evaluate_model(setup.graph(kept))
+    elif budget is None:
+        kept, final = [], evaluator.evaluate_model(setup.graph([]))
+    else:
+        result = SearchResult([], plain, True)
+        if abs(plain.delta_points) > budget + 1e-9:
+            echo(f"over budget: bisecting the {len(setup.layers)} layers for the fewest to keep in fp32")
+            result = search_by_bisection(evaluator, setup.layers, budget)
+            echo(f"  {len(result.trials)} variants evaluated")
+        every_layer = [LayerSensitivity(layer, i, None, None) for i, layer in enumerate(setup.layers)]
+        chosen, final = kept_layers(setup, result, every_layer, budget, echo)  # verified on the real graph
+        kept = [s.layer for s in chosen]
+    atomic_write_bytes(output, check_and_serialize(setup.graph(kept)))
+    share = 100 * sum(layer.share for layer in kept)
+    echo(f"wrote the {precision} graph {output}: Δ mAP {final.delta_points:+.2f} points, kept high: "
+         f"{', '.join(layer.name for layer in kept) or 'none'}" + (f" ({share:.2f} % of the MACs)" if kept else ""))
+    gate = GateResult(output, precision, [layer.name for layer in kept], plain.delta_points, final.delta_points,
+                      setup.method)
+    if budget is not None and abs(final.delta_points) > budget + 1e-9:
+        raise CheckFailed(f"Δ mAP {final.delta_points:+.2f} points exceeds --max-delta-map {budget:g} even with "
+                          f"{len(kept)} layers high (graph written to {output}); run 'assd debug-precision' for the "
+                          "full report")
+    return gate
+
+
+def _apply_recipe_unmeasured(onnx_path: str, output: str, precision: str, calibration: CalibrationRequest | None,
+                             recipe, echo: Callable[[str], None]) -> GateResult:
+    """A recipe without evaluation data: the graph with the recipe's layers high, nothing measured."""
+    if precision == "int8":
+        from assd.calibration.quantize import quantize_int8
+
+        result = quantize_int8(onnx_path, output, calibration.data, num_images=calibration.images,
+                               method=calibration.method, cache_path=calibration.cache,
+                               percentile=calibration.percentile, echo=echo, num_bins=calibration.num_bins,
+                               keep_high=recipe.layer_names)
+        kept = result.kept_high
+    else:
+        from assd.export.onnx_export import check_and_serialize
+        from assd.precision.layers import fp16_layers
+        from assd.precision.setup import fp16_graph
+
+        model, metadata = load_fp32_source(onnx_path, output, "fp16")
+        layers = fp16_layers(model)
+        nodes = resolve_layers(recipe.layer_names, {layer.node: layer.name for layer in layers}, "--keep-high")
+        chosen = [layer for layer in layers if layer.node in nodes]
+        atomic_write_bytes(output, check_and_serialize(fp16_graph(model, metadata, chosen)))
+        kept = [layer.name for layer in chosen]
+    echo(f"wrote the {precision} graph {output} with the recipe's {len(kept)} layers kept high (no --eval-data: "
+         "Δ mAP not measured)")
+    return GateResult(output, precision, kept, method=calibration.method if calibration else None)
+
+
+def gate_for_engine(onnx_path: str, engine: str, precision: str | None, calibration: CalibrationRequest | None,
+                    request: GateRequest, echo: Callable[[str], None] = print) -> str:
+    """``build-engine``'s hook: the gated graph, written beside the engine (``<stem>.<precision>.onnx``, as
+    build-engine names the precision graphs it makes); returns its path, which is then built as is."""
+    metadata = read_metadata(onnx_path)
+    precision = precision or metadata.precision
+    if metadata.precision != "fp32":
+        raise UserError(f"{onnx_path}: is a {metadata.precision} graph; --max-delta-map / --keep-high start from "
+                        "the fp32 export (the gate compares against it and chooses what stays fp32)")
+    if precision not in PRECISIONS:
+        raise UserError("--max-delta-map / --keep-high: choose --int8 or --fp16 (an fp32 engine has nothing to gate)")
+    target = str(Path(engine).parent / f"{Path(onnx_path).stem}.{precision}.onnx")
+    gate_graph(onnx_path, target, precision, calibration if precision == "int8" else None, request, echo)
+    return target
+

@@ -1,0 +1,151 @@
+"""The debugger's report folder: ``table.md`` / ``table.json`` (ranked layers, per-map and per-class Δ,
+the search), ``sensitivity.png`` (per layer, in network order) and ``recipe.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from assd.calibration.recipe import Recipe
+from assd.precision.evaluator import VariantResult
+from assd.precision.search import ranked
+from assd.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:.2f}"
+
+
+def _map_rows(low: VariantResult, final: VariantResult) -> list[str]:
+    rows = [("| map | size | loc err (all low) | conf err (all low) | map tensor err (all low) | loc err (final) "
+            "| conf err (final) | map tensor err (final) |"), "|---|---|---|---|---|---|---|---|"]
+    for a, b in zip(low.per_map, final.per_map):
+        size = "x".join(str(v) for v in a["size"])
+        rows.append(f"| {a['map']} | {size} | {a['loc_error']:.4f} | {a['conf_error']:.4f} | "
+                    f"{a.get('map_error', float('nan')):.4f} | {b['loc_error']:.4f} | {b['conf_error']:.4f} | "
+                    f"{b.get('map_error', float('nan')):.4f} |")
+    return rows
+
+
+def per_class(reference, low: VariantResult, final: VariantResult) -> list[dict]:
+    return [{"class": name, "reference_ap": 100 * ap,
+             "delta_all_low": 100 * (low.result.per_class.get(name, 0.0) - ap),
+             "delta_final": 100 * (final.result.per_class.get(name, 0.0) - ap)}
+            for name, ap in reference.per_class.items()]
+
+
+def markdown(debug, recipe: Recipe, options) -> str:
+    setup, low, final = debug.setup, debug.all_low, debug.final
+    reference = setup.reference
+    kept_names = {s.layer.name for s in debug.kept}
+    evaluated = setup.evaluator.runs
+    lines = [(f"# Precision debugging: {Path(options.onnx).name} ({setup.metadata.model_config.name}, "
+             f"{setup.precision})"), "",
+             (f"- data: `{options.data}`, {len(setup.images)} images (evenly spaced), {reference.metric}; reference "
+             f"`{setup.reference_name}`: mAP {100 * reference.mAP:.2f}")]
+    if setup.calibration:
+        calibration = setup.calibration
+        line = (f"- calibration: {calibration['method']} ranges from {calibration['images']} images of "
+                f"`{calibration['source']}`" + (" (cache reused)" if calibration.get("cache_reused") else ""))
+        if setup.method_deltas:
+            line += "; `auto` compared " + ", ".join(f"{m} Δ {d:+.2f}" for m, d in setup.method_deltas.items())
+        lines.append(line)
+    lines += [(f"- every layer {setup.precision}: mAP {low.map_points:.2f} (Δ {low.delta_points:+.2f} points), "
+              f"loc error {low.loc_error:.4f}, conf error {low.conf_error:.4f}"),
+              f"- final graph `{Path(options.output).name}`: {len(debug.kept)} of {len(setup.layers)} layers kept high "
+              f"({_pct(sum(s.layer.share for s in debug.kept))} % of the MACs): mAP {final.map_points:.2f} "
+              f"(Δ {final.delta_points:+.2f} points, tolerance ±{debug.tolerance:g}) — "
+              + ("meets the tolerance" if debug.met else "**does not meet the tolerance**"),
+              (f"- time: setup {debug.seconds['setup']:.0f} s, sensitivity {debug.seconds['sensitivity']:.0f} s, "
+              f"search {debug.seconds['search']:.0f} s, total {debug.seconds['total']:.0f} s ({evaluated} variants "
+              "evaluated, ONNX Runtime CPU)"), "", "## Layers kept in higher precision", ""]
+    if recipe.kept_high:
+        lines += ["| layer | MACs % | why |", "|---|---|---|"]
+        lines += [f"| `{k.layer}` | {_pct(k.macs_share)} | {k.why} |" for k in recipe.kept_high]
+    else:
+        lines.append(f"none: the plain {setup.precision} graph meets the tolerance")
+    lines += ["", "## Layers by sensitivity", "",
+              ("Δ mAP in points against the reference; points recovered = |Δ every layer low| - |Δ only this "
+               "layer high|; errors are relative to the fp32 graph's outputs."), "",
+              ("| rank | layer | MACs % | Δ mAP, only this layer high | points recovered | Δ mAP, only this layer "
+               "low | loc err, only low | conf err, only low | kept high |"), "|---|---|---|---|---|---|---|---|---|"]
+    for rank, s in enumerate(ranked(debug.sensitivities), 1):
+        lowered = s.lowered
+        lines.append(f"| {rank} | `{s.layer.name}` | {_pct(s.layer.share)} | {s.kept_high.delta_points:+.2f} | "
+                     f"{s.recovery:+.2f} | {lowered.delta_points:+.2f} | {lowered.loc_error:.4f} | "
+                     f"{lowered.conf_error:.4f} | {'yes' if s.layer.name in kept_names else ''} |")
+    lines += ["", "## Per prediction map", "", ("Relative output error against the fp32 graph on each map's anchors "
+              "(loc, conf) and on the map tensor the heads read (the attention unit's output)."), ""]
+    lines += _map_rows(low, final)
+    lines += ["", "## Per class AP", "", "| class | reference AP | Δ every layer low | Δ final |", "|---|---|---|---|"]
+    lines += [f"| {row['class']} | {row['reference_ap']:.2f} | {row['delta_all_low']:+.2f} | {row['delta_final']:+.2f} |"
+              for row in per_class(reference, low, final)]
+    lines += ["", "## Search", "", "| # | layers kept high | Δ mAP |", "|---|---|---|"]
+    for number, trial in enumerate(debug.search.trials, 1):
+        names = ", ".join(f"`{n}`" for n in trial["kept"][:6]) + (" ..." if len(trial["kept"]) > 6 else "")
+        lines.append(f"| {number} | {len(trial['kept'])}: {names or '-'} | {trial['delta_map_points']:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_png(debug) -> bytes:
+    """Bar plot per layer in network order: Δ mAP lowered alone, and recovered by keeping it high alone."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    ordered = sorted(debug.sensitivities, key=lambda s: s.layer.index)
+    kept = {s.layer.name for s in debug.kept}
+    positions = list(range(len(ordered)))
+    figure = Figure(figsize=(max(8.0, 0.16 * len(ordered)), 4.5), dpi=100)
+    axes = figure.add_subplot()
+    axes.bar([p - 0.2 for p in positions], [s.lowered.delta_points for s in ordered], width=0.4,
+             color="#d62728", label="Δ mAP, only this layer low")
+    axes.bar([p + 0.2 for p in positions], [s.recovery for s in ordered], width=0.4, color="#1f77b4",
+             label="points recovered, only this layer high")
+    for p, s in zip(positions, ordered):
+        if s.layer.name in kept:
+            axes.axvspan(p - 0.5, p + 0.5, color="#2ca02c", alpha=0.15, lw=0)
+    axes.axhline(0, color="black", lw=0.6)
+    axes.set_xticks(positions)
+    axes.set_xticklabels([s.layer.name for s in ordered], rotation=90, fontsize=6)
+    axes.set_ylabel("mAP points")
+    axes.set_title(f"{debug.setup.metadata.model_config.name} {debug.setup.precision}: sensitivity per layer "
+                   f"(green: kept high; every layer low: Δ {debug.all_low.delta_points:+.2f})", fontsize=9)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def as_json(debug, recipe: Recipe, options) -> dict:
+    setup = debug.setup
+
+    def variant(result: VariantResult) -> dict:
+        return {"mAP": result.map_points, "delta_map_points": result.delta_points, "loc_error": result.loc_error,
+                "conf_error": result.conf_error, "per_map": result.per_map}
+
+    return {"onnx": str(options.onnx), "model": setup.metadata.model_config.name, "precision": setup.precision,
+            "data": options.data, "images": len(setup.images), "metric": setup.reference.metric,
+            "reference": {"artifact": setup.reference_name, "mAP": 100 * setup.reference.mAP},
+            "calibration": setup.calibration, "tolerance_points": debug.tolerance, "all_low": variant(debug.all_low),
+            "final": {**variant(debug.final), "graph": str(options.output), "met": debug.met,
+                      "kept_high": [s.layer.name for s in debug.kept],
+                      "kept_macs_share": sum(s.layer.share for s in debug.kept)},
+            "layers": [s.to_dict() for s in ranked(debug.sensitivities)],
+            "per_class": per_class(setup.reference, debug.all_low, debug.final),
+            "search": debug.search.trials, "seconds": debug.seconds, "variants_evaluated": setup.evaluator.runs,
+            "recipe": recipe.to_dict()}
+
+
+def write_report(folder: Path, debug, recipe: Recipe, options) -> dict[str, str]:
+    """Write the four report files (atomically) into ``folder``; returns {kind: path}."""
+    files = {"table": folder / "table.md", "json": folder / "table.json", "plot": folder / "sensitivity.png",
+             "recipe": folder / "recipe.json"}
+    atomic_write_text(files["table"], markdown(debug, recipe, options))
+    atomic_write_json(files["json"], as_json(debug, recipe, options))
+    atomic_write_bytes(files["plot"], plot_png(debug))
+    recipe.save(files["recipe"])
+    return {kind: str(path) for kind, path in files.items()}
