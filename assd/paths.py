@@ -123,8 +123,9 @@ def _check_writable(option: str, path: Path, is_folder: bool) -> None:
     if not ancestor.is_dir():
         raise UserError(f"{path} ({option}): cannot write ({_errno_text(errno.ENOTDIR)}): {ancestor} is a file, "
                         "not a folder: choose another location")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        code = errno.EROFS if _read_only(ancestor) else errno.EACCES
+    # A read-only mount first: root passes os.access's permission check but still cannot write there.
+    code = errno.EROFS if _read_only(ancestor) else None if os.access(ancestor, os.W_OK | os.X_OK) else errno.EACCES
+    if code is not None:
         raise UserError(f"{path} ({option}): cannot write ({_errno_text(code)}): {_HINTS[code]}")
 
 

@@ -190,12 +190,13 @@ def test_triton_repository_for_an_engine_keeps_the_plan_plain(small_onnx, tmp_pa
     """No TensorRT needed: the repository copies the plan and reads its sidecar."""
     pytest.importorskip("tritonclient.grpc", reason="the serve extra is not installed (pip install -e '.[serve]')")
     from assd.runtime.metadata import read_metadata
+    from assd.runtime.engine_info import SIDECAR_VERSION
     from assd.serving.repository import write_repository
 
     metadata = read_metadata(small_onnx)
     engine = tmp_path / "small.engine"
     engine.write_bytes(b"plan bytes as TensorRT serialized them")
-    sidecar = {"format": "assd-engine", "version": 1, "tensorrt_version": "10.3.0", "gpu_name": "GPU",
+    sidecar = {"format": "assd-engine", "version": SIDECAR_VERSION, "tensorrt_version": "10.3.0", "gpu_name": "GPU",
                "compute_capability": "8.9", "precision": "fp16", "input_shape": [3, 128, 128], "batch_min": 1,
                "batch_opt": 4, "batch_max": 16, "onnx_sha256": "0" * 64, "onnx_file": "small.onnx",
                "model_config": metadata.model_config.to_dict(), "postprocess": metadata.postprocess}

@@ -76,7 +76,7 @@ def parse_data_spec(spec: str, train: bool = False, input_size: int | None = Non
 def data_spec_inputs(spec: str | None) -> list[str]:
     """The files and folders a data spec (or a plain image folder, as calibration accepts) reads: what
     no output of a command may land on (``assd.paths.check_outputs``). Nothing is validated here."""
-    if not spec:
+    if not isinstance(spec, str) or not spec:  # None, or a dataset object given through the Python API
         return []
     kind, _, rest = spec.partition(":")
     if kind == "voc":
