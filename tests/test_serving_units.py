@@ -189,8 +189,8 @@ def test_triton_repository_configs_match_the_onnx_artifact(small_onnx, tmp_path)
 def test_triton_repository_for_an_engine_keeps_the_plan_plain(small_onnx, tmp_path):
     """No TensorRT needed: the repository copies the plan and reads its sidecar."""
     pytest.importorskip("tritonclient.grpc", reason="the serve extra is not installed (pip install -e '.[serve]')")
-    from assd.runtime.metadata import read_metadata
     from assd.runtime.engine_info import SIDECAR_VERSION
+    from assd.runtime.metadata import read_metadata
     from assd.serving.repository import write_repository
 
     metadata = read_metadata(small_onnx)
