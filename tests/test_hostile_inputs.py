@@ -237,6 +237,23 @@ CASES = [
      "truncated or malformed JPEG"),
     ("export-parity-images-checked-before-writing", ("export --onnx {art}/mini.pt -o {out}/m.onnx "
      "--parity-images {art}/trunc"), "truncated or malformed JPEG"),
+    # The other stages' commands: training, calibration, conversion, the precision debugger
+    ("train-momentum-5", "train --model assd-mini --data synthetic:4 --out {out}/run --momentum 5",
+     "bad --momentum 5.0"),
+    ("train-weight-decay-negative", "train --model assd-mini --data synthetic:4 --out {out}/run --weight-decay -1",
+     "bad --weight-decay -1.0"),
+    ("train-out-is-the-image-folder", ("train --model assd-mini --data coco:{art}/coco/images:{art}/coco/nocat.json "
+     "--out {art}/coco/images"), "is an input folder of this command"),
+    ("calibrate-cache-onto-model", ("calibrate {art}/mini.onnx -o {out}/m.int8.onnx --calib-data {art}/photos "
+     "--calib-cache {art}/mini.onnx"), "is the input ONNX"),
+    ("calibrate-parity-images-negative", ("calibrate {art}/mini.onnx -o {out}/m.int8.onnx --calib-data {art}/photos "
+     "--parity-images -1"), "--parity-images -1"),
+    ("convert-onto-its-source", "convert {art}/mini.pt -o {art}/mini.pt --from torchvision-ssd300",
+     "would overwrite the weights being converted"),
+    ("convert-foreign-file", "convert {art}/garbage.onnx -o {out}/c.pt --from torchvision-ssd300",
+     "not a readable torch state_dict"),
+    ("debug-precision-onto-its-input", ("debug-precision {art}/mini.onnx --data synthetic:2 --reference {art}/mini.pt "
+     "-o {art}/mini.onnx"), "is the input ONNX"),
 ]
 
 
