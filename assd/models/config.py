@@ -36,6 +36,12 @@ class ExtraLayer:
     padding: int = 1
 
 
+def unknown_fields(dataclass_type, keys) -> list[str]:
+    """The sorted ``keys`` that are not fields of ``dataclass_type`` (a dataclass or an instance): what a
+    file written by a newer version, or a typo, adds."""
+    return sorted(set(keys) - {field.name for field in dataclasses.fields(dataclass_type)})
+
+
 @dataclass(frozen=True)
 class Conventions:
     """What SSD leaves open and reference implementations decide differently (docs/models.md).
@@ -93,10 +99,8 @@ class Conventions:
     def from_dict(cls, data: dict | None) -> Conventions:
         """From ``dataclasses.asdict`` output; missing keys (older files) take today's defaults."""
         values = dict(data or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown convention fields {sorted(unknown)} (written by a newer assd?)")
+        if unknown := unknown_fields(cls, values):
+            raise ValueError(f"unknown convention fields {unknown} (written by a newer assd?)")
         for key in ("prior_steps", "label_ids"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
@@ -184,10 +188,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)} (written by a newer assd?)")
+        if unknown := unknown_fields(cls, data):
+            raise ValueError(f"unknown ModelConfig fields {unknown} (written by a newer assd?)")
         values = dict(data)
         values["extras"] = tuple(ExtraLayer(**layer) for layer in values["extras"])
         for key in ("class_names", "min_scales", "max_scales", "variances", "mean", "std"):

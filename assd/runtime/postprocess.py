@@ -28,7 +28,7 @@ from torchvision.ops import batched_nms
 
 from assd.errors import UserError
 from assd.models.box_coding import decode
-from assd.models.config import ModelConfig
+from assd.models.config import ModelConfig, unknown_fields
 
 # Candidates per image that enter NMS, at most: TensorRT's NMS layer considers only the 5000 best boxes
 # per image ("a hardware-dependent limit K ... 5000", include/NvInfer.h, INMSLayer) and its TopK layer
@@ -82,10 +82,9 @@ class PostprocessConfig:
     def from_dict(cls, data: dict | None) -> PostprocessConfig:
         """From ``to_dict``'s output (``None`` or ``{}``: the defaults)."""
         data = dict(data or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise UserError(f"unknown post-processing settings {sorted(unknown)}: expected {sorted(known)}")
+        if unknown := unknown_fields(cls, data):
+            expected = [field.name for field in dataclasses.fields(cls)]
+            raise UserError(f"unknown post-processing settings {unknown}: expected {sorted(expected)}")
         return cls(**data)
 
 

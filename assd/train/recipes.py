@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 from assd.errors import UserError
+from assd.models.config import unknown_fields
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -93,9 +94,8 @@ class Recipe:
         warm-up) by ``epochs / self.epochs``, so the lr decays at the same fractions of the run
         (``scaled_from`` then records the recipe's own epochs)."""
         changes = {key: value for key, value in values.items() if value is not None}
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise UserError(f"unknown recipe fields {sorted(unknown)}")
+        if unknown := unknown_fields(self, changes):
+            raise UserError(f"unknown recipe fields {unknown}")
         if "milestones" in changes:
             changes["milestones"] = tuple(int(m) for m in changes["milestones"])
         epochs = changes.get("epochs", self.epochs)
