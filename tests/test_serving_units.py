@@ -67,14 +67,14 @@ def test_request_images_accepts_bytes_and_pixels():
 
 def test_request_parameters_override_thresholds_within_bounds():
     default = PostprocessConfig()
-    assert protocol.request_postprocess(None, default, 200) is default
-    assert protocol.request_postprocess({"binary_data_output": True}, default, 200) is default  # Triton's own
-    cfg = protocol.request_postprocess({"score_threshold": "0.3", "max_detections": 50}, default, 200)
+    assert protocol.request_postprocess(None, default, 200, 21) is default
+    assert protocol.request_postprocess({"binary_data_output": True}, default, 200, 21) is default  # Triton's own
+    cfg = protocol.request_postprocess({"score_threshold": "0.3", "max_detections": 50}, default, 200, 21)
     assert cfg.score_threshold == 0.3 and cfg.max_detections == 50 and cfg.nms_iou == default.nms_iou
     for parameters, needle in [({"max_detections": 300}, "at most 200"), ({"nms_iou": 2.0}, "NMS IoU"),
                                ({"top_k": "many"}, "request parameters")]:
         with pytest.raises(protocol.BadRequest, match=needle):
-            protocol.request_postprocess(parameters, default, 200)
+            protocol.request_postprocess(parameters, default, 200, 21)
 
 
 def test_pack_and_unpack_are_inverse():
@@ -186,6 +186,19 @@ def test_triton_repository_configs_match_the_onnx_artifact(small_onnx, tmp_path)
     assert (repo / "assd_postprocess" / "1" / "model.py").read_text().startswith('"""``<name>_postprocess``')
 
 
+def test_triton_repository_of_a_model_without_a_per_image_cap(tmp_path):
+    """An artifact with max_detections None (the ``assd513-authors`` convention) gets top_k x foreground
+    classes rows in every detection output (TypeError / a config without dims before)."""
+    pytest.importorskip("tritonclient.grpc", reason="the serve extra is not installed (pip install -e '.[serve]')")
+    from assd.serving.repository import write_repository
+
+    cfg = dataclasses.replace(get_config("assd-mini", class_names=["cat", "dog"]), input_size=128)
+    export_onnx(build_model(cfg).eval(), tmp_path / "uncapped.onnx", postprocess={"top_k": 30, "max_detections": None})
+    repo = write_repository(tmp_path / "repo", str(tmp_path / "uncapped.onnx"), max_batch=2, echo=lambda _: None)
+    for model in ("assd", "assd_postprocess"):
+        assert _dims(_parse(repo / model / "config.pbtxt").output)["boxes"] == ("TYPE_FP32", [60, 4])
+
+
 def test_triton_repository_for_an_engine_keeps_the_plan_plain(small_onnx, tmp_path):
     """No TensorRT needed: the repository copies the plan and reads its sidecar."""
     pytest.importorskip("tritonclient.grpc", reason="the serve extra is not installed (pip install -e '.[serve]')")
@@ -279,3 +292,14 @@ def test_detector_callable_pads_fixed_batches_and_answers_per_request(tmp_path, 
     assert response["count"].tolist() == [[5]] and protocol.OUTPUT_INFO not in response
     with pytest.raises(protocol.BadRequest, match="request 2 of a batch of 2: image 0: 4 bytes"):
         callable_([quiet, bad])
+
+
+def test_request_parameters_of_a_model_without_a_per_image_cap():
+    """``assd513-authors`` keeps top_k per class and no per-image cap: rows = top_k x foreground classes."""
+    default = PostprocessConfig(top_k=10, max_detections=None)
+    rows = default.max_per_image(21)
+    assert rows == 200
+    assert protocol.request_postprocess({"top_k": 5}, default, rows, 21).top_k == 5
+    assert protocol.request_postprocess({"max_detections": 50}, default, rows, 21).max_detections == 50
+    with pytest.raises(protocol.BadRequest, match="at most 200"):
+        protocol.request_postprocess({"top_k": 11}, default, rows, 21)

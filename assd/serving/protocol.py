@@ -35,7 +35,7 @@ INPUT_ENCODED = "image_bytes"
 INPUT_PIXELS = "image"
 OUTPUTS = ("boxes", "scores", "classes", "count")
 OUTPUT_INFO = "model_info"
-PARAMETERS = ("score_threshold", "nms_iou", "top_k", "max_detections")
+PARAMETERS = {"score_threshold": float, "nms_iou": float, "top_k": int, "max_detections": int}  # name -> type
 MAX_ENCODED_BYTES = 32 * 2**20  # an encoded photo this large is not a photo: refused before decoding
 MAX_PIXELS = 64 * 2**20  # decoded images above 64 megapixels are refused (decompression bombs)
 INFO_FORMAT = "assd-served-model"
@@ -83,18 +83,21 @@ def request_images(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [check_pixels(image, i) for i, image in enumerate(inputs[INPUT_PIXELS])]
 
 
-def request_postprocess(parameters: dict | None, default: PostprocessConfig, rows: int) -> PostprocessConfig:
-    """``default`` with the request's threshold parameters applied (other parameters are Triton's own)."""
+def request_postprocess(parameters: dict | None, default: PostprocessConfig, rows: int,
+                        num_classes: int) -> PostprocessConfig:
+    """``default`` with the request's threshold parameters applied (other parameters are Triton's own);
+    refused when its detections per image could exceed the ``rows`` of the padded outputs."""
     overrides = {key: value for key, value in (parameters or {}).items() if key in PARAMETERS}
     if not overrides:
         return default
     try:
-        cfg = dataclasses.replace(default, **{key: type(getattr(default, key))(value)
+        cfg = dataclasses.replace(default, **{key: PARAMETERS[key](value)
                                               for key, value in overrides.items()})
     except (TypeError, ValueError, UserError) as exc:  # not a number, or out of range (UserError)
         raise BadRequest(f"request parameters {overrides}: {exc}") from None
-    if cfg.max_detections > rows:
-        raise BadRequest(f"max_detections {cfg.max_detections}: this server returns at most {rows} per image")
+    if cfg.max_per_image(num_classes) > rows:
+        raise BadRequest(f"max_detections {cfg.max_detections}, top_k {cfg.top_k}: this server returns at most "
+                         f"{rows} detections per image")
     return cfg
 
 

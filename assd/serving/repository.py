@@ -50,6 +50,11 @@ class NetworkArtifact:
 
         return int(priors_for(self.cfg).shape[0])
 
+    @property
+    def rows(self) -> int:
+        """Detection rows per image in the padded outputs (the per-image cap, or top_k per class without one)."""
+        return self.postprocess.max_per_image(self.cfg.num_classes)
+
     def shapes(self) -> dict[str, list[int]]:
         """Per-image shapes (no batch dimension) of the network's tensors, all float32 (assd's I/O contract)."""
         size = self.cfg.input_size
@@ -137,7 +142,7 @@ def network_config(pb, name: str, network: NetworkArtifact):
 def python_config(pb, name: str, step: str, network: NetworkArtifact):
     """``<name>_preprocess`` / ``<name>_postprocess``: Python-backend models configured by their parameters."""
     config = pb.ModelConfig(name=f"{name}_{step}", backend="python", max_batch_size=network.max_batch)
-    shapes, rows = network.shapes(), network.postprocess.max_detections
+    shapes, rows = network.shapes(), network.rows
     if step == "preprocess":
         _tensor(pb, config.input, INPUT_ENCODED, "TYPE_STRING", [1])
         _tensor(pb, config.output, "images", "TYPE_FP32", shapes["images"])
@@ -165,7 +170,7 @@ def ensemble_config(pb, name: str, network: NetworkArtifact):
     """``<name>``: image bytes -> preprocess -> network -> postprocess -> detections."""
     config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=network.max_batch)
     _tensor(pb, config.input, INPUT_ENCODED, "TYPE_STRING", [1])
-    _detection_outputs(pb, config.output, network.postprocess.max_detections)
+    _detection_outputs(pb, config.output, network.rows)
     steps = [(f"{name}_preprocess", {INPUT_ENCODED: INPUT_ENCODED}, {"images": "images", "image_size": "image_size"}),
              (f"{name}_network", {"images": "images"}, {"loc": "loc", "conf": "conf"}),
              (f"{name}_postprocess", {"loc": "loc", "conf": "conf", "image_size": "image_size"},

@@ -96,7 +96,7 @@ class DetectorCallable:
         for number, request in enumerate(requests):
             try:
                 request_imgs = request_images(request.data)
-                setting = request_postprocess(request.parameters, self.postprocess_cfg, self.rows)
+                setting = request_postprocess(request.parameters, self.postprocess_cfg, self.rows, self.cfg.num_classes)
             except BadRequest as exc:
                 raise BadRequest(f"request {number + 1} of a batch of {len(requests)}: {exc}") from None
             images += request_imgs
@@ -165,7 +165,7 @@ def serve(artifact: str, options: ServeOptions = ServeOptions(), echo: Callable[
     if max_batch < options.max_batch:
         echo(f"note: {artifact} accepts batches up to {runner.max_batch}: --max-batch lowered to {max_batch}")
     postprocess_cfg = PostprocessConfig.from_dict(runner.postprocess)
-    rows = postprocess_cfg.max_detections
+    rows = postprocess_cfg.max_per_image(runner.cfg.num_classes)
     info = model_info(runner.cfg, postprocess_cfg, rows, model_name=options.model_name, artifact=str(artifact),
                       backend=runner.backend, precision=runner.precision, max_batch=max_batch)
     callables = [DetectorCallable(r, postprocess_cfg, rows, info) for r in runners]

@@ -22,6 +22,7 @@ class TritonPythonModel:
         self.cfg = ModelConfig.from_json(parameters["assd_model_config"]["string_value"])
         self.postprocess_cfg = PostprocessConfig.from_dict(json.loads(parameters["assd_postprocess"]["string_value"]))
         self.priors = priors_for(self.cfg)
+        self.rows = self.postprocess_cfg.max_per_image(self.cfg.num_classes)  # as the config's output dims
 
     def execute(self, requests):
         def inputs(name):
@@ -36,7 +37,7 @@ class TritonPythonModel:
                                           self.priors)
         responses, start = [], 0
         for request_loc in locs:
-            packed = pack_detections(detections[start:start + len(request_loc)], self.postprocess_cfg.max_detections)
+            packed = pack_detections(detections[start:start + len(request_loc)], self.rows)
             start += len(request_loc)
             responses.append(pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor(name, packed[name]) for name in OUTPUTS]))
