@@ -234,6 +234,7 @@ def test_export_triton_cli_refuses_bad_input(small_onnx, tmp_path, capsys):
     (tmp_path / "full" / "x").write_text("x")
     for args, needle in [((str(fixed),), "fixed batch of 2"), (("model.pt",), "from an .onnx or .engine"),
                          ((str(small_onnx), "--max-batch", "0"), "--max-batch 0"),
+                         ((str(small_onnx), "--max-batch", "100000000"), "must be in 1..1024"),
                          ((str(small_onnx), "--onnx"), "give no --onnx")]:
         assert needle in refusal(capsys, "export", "--triton", str(tmp_path / "repo"), *args)
     assert "not an empty folder" in refusal(capsys, "export", "--triton", str(tmp_path / "full"), str(small_onnx))
@@ -244,6 +245,9 @@ def test_serving_commands_refuse_other_hosts_and_bad_options(small_onnx, capsys)
     cases = [(("serve", str(small_onnx), "--host", "0.0.0.0"), "only loopback"),
              (("serve", str(small_onnx), "--http-port", "9000", "--grpc-port", "9000"), "must differ"),
              (("serve", str(small_onnx), "--instances", "0"), "--instances 0"),
+             (("serve", str(small_onnx), "--instances", "100000"), "--instances 100000"),
+             (("serve", str(small_onnx), "--max-batch", "5000"), "must be in 1..1024"),
+             (("serve", str(small_onnx), "--model-name", "a/b"), "model name 'a/b'"),
              (("bench", "--server", "http://192.168.1.5:8000/assd"), "only loopback"),
              (("bench", "--server", "http://127.0.0.1:8000/assd", "--requests", "5", "--seconds", "2"), "not both"),
              (("bench", "--server", "http://127.0.0.1:8000/assd", "--concurrency", "0"), "--concurrency 0"),
@@ -253,6 +257,11 @@ def test_serving_commands_refuse_other_hosts_and_bad_options(small_onnx, capsys)
         import tritonclient.http  # noqa: F401 - the serve extra: a client can try to connect
         cases.append((("bench", "--server", f"http://127.0.0.1:{free_port()}/assd", "--requests", "1"),
                       "no Triton server answers"))
+        detections_onnx = small_onnx.parent / "detections.onnx"
+        export_onnx(build_model(dataclasses.replace(get_config("assd-mini"), input_size=128)).eval(),
+                    detections_onnx, with_postprocess=True)
+        ports = [arg for option in ("--http-port", "--grpc-port", "--metrics-port") for arg in (option, str(free_port()))]
+        cases.append((("serve", str(detections_onnx), *ports), "serve an export without --with-postprocess"))
     except ImportError:
         cases.append((("bench", "--server", "http://127.0.0.1:8000/assd"), "pip install -e '.[serve]'"))
     for args, needle in cases:
@@ -303,3 +312,12 @@ def test_request_parameters_of_a_model_without_a_per_image_cap():
     assert protocol.request_postprocess({"max_detections": 50}, default, rows, 21).max_detections == 50
     with pytest.raises(protocol.BadRequest, match="at most 200"):
         protocol.request_postprocess({"top_k": 11}, default, rows, 21)
+
+
+def test_a_url_that_is_not_an_assd_model_is_one_line():
+    from assd.serving.client import ServedModel, parse_server_url
+
+    address = parse_server_url("http://127.0.0.1:8000/assd", "--model")
+    for text in ["not json", '{"format": "other"}', '{"format": "assd-served-model"}', "[]"]:
+        with pytest.raises(UserError, match="not a model served by 'assd serve'"):
+            ServedModel.from_json(text, address)

@@ -26,9 +26,9 @@ async def _predict_all(client: DetectionClient, dataset, postprocess_cfg: Postpr
     served = await client.served_model(await asyncio.to_thread(dataset.load_image, 0))
     check_class_names(served.cfg.class_names, dataset, str(client.address))
     postprocess_cfg = postprocess_cfg or served.postprocess
-    if postprocess_cfg.max_detections > served.rows:
-        raise UserError(f"--max-detections {postprocess_cfg.max_detections}: {client.address} returns at most "
-                        f"{served.rows} detections per image")
+    if postprocess_cfg.max_per_image(served.cfg.num_classes) > served.rows:
+        raise UserError(f"--max-detections {postprocess_cfg.max_detections} (--top-k {postprocess_cfg.top_k}): "
+                        f"{client.address} returns at most {served.rows} detections per image")
     results: list[Detections | None] = [None] * len(dataset)
     indices = iter(range(len(dataset)))
     bar = tqdm(total=len(dataset), desc="predict (server)", unit="img", disable=not progress, leave=False)

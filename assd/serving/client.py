@@ -75,11 +75,14 @@ class ServedModel:
     def from_json(cls, text: str, address: ServerAddress) -> ServedModel:
         from assd.models.config import ModelConfig
 
-        data = json.loads(text)
-        if data.get("format") != INFO_FORMAT:
-            raise UserError(f"{address}: is not a model served by 'assd serve' (no assd model info)")
-        return cls(ModelConfig.from_dict(data["model_config"]), PostprocessConfig.from_dict(data["postprocess"]),
-                   int(data["rows"]), data)
+        try:
+            data = json.loads(text)
+            if data.get("format") != INFO_FORMAT:
+                raise ValueError("no assd model info")
+            return cls(ModelConfig.from_dict(data["model_config"]), PostprocessConfig.from_dict(data["postprocess"]),
+                       int(data["rows"]), data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{address}: is not a model served by 'assd serve' ({exc})") from None
 
 
 class DetectionClient:
@@ -145,8 +148,14 @@ class DetectionClient:
 
     async def served_model(self, probe_image: np.ndarray) -> ServedModel:
         """The served model's description (one request on ``probe_image`` asking for ``model_info``)."""
-        outputs = await self.infer(probe_image, outputs=(*OUTPUTS, OUTPUT_INFO))
-        return ServedModel.from_json(outputs[OUTPUT_INFO].reshape(-1)[0].decode(), self.address)
+        try:
+            outputs = await self.infer(probe_image, outputs=(*OUTPUTS, OUTPUT_INFO))
+            text = outputs[OUTPUT_INFO].reshape(-1)[0].decode()
+        except Exception as exc:  # noqa: BLE001 - tritonclient's InferenceServerException, transport, KeyError
+            raise UserError(f"{self.address}: not a model served by 'assd serve' (asking for its model_info: "
+                            f"{error_message(exc)}); an 'export --triton' ensemble or another model cannot be "
+                            f"evaluated through a URL") from None
+        return ServedModel.from_json(text, self.address)
 
     async def statistics(self) -> dict:
         """Triton's inference statistics of the model (the JSON form of both protocols)."""

@@ -115,12 +115,12 @@ async def _level(client: DetectionClient, payloads: list, concurrency: int, max_
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     wall = time.perf_counter() - started
     after = await client.statistics()
-    latency_ms = 1e3 * np.asarray(latencies or [np.nan])
+    latency_ms = 1e3 * np.asarray(latencies)
+    percentiles = {f"latency_ms_p{q}": float(np.percentile(latency_ms, q)) if latencies else None  # JSON: null
+                   for q in (50, 90, 99)}
     return {"concurrency": concurrency, "requests": len(latencies), "errors": len(errors),
             "first_error": errors[0] if errors else None, "seconds": wall, "throughput": len(latencies) / wall,
-            "latency_ms_p50": float(np.percentile(latency_ms, 50)),
-            "latency_ms_p90": float(np.percentile(latency_ms, 90)),
-            "latency_ms_p99": float(np.percentile(latency_ms, 99)), **server_side(before, after)}
+            **percentiles, **server_side(before, after)}
 
 
 async def _run(address, payloads, levels, max_requests, max_seconds, echo) -> list[dict]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import torch
@@ -38,7 +39,17 @@ OUTPUT_INFO = "model_info"
 PARAMETERS = {"score_threshold": float, "nms_iou": float, "top_k": int, "max_detections": int}  # name -> type
 MAX_ENCODED_BYTES = 32 * 2**20  # an encoded photo this large is not a photo: refused before decoding
 MAX_PIXELS = 64 * 2**20  # decoded images above 64 megapixels are refused (decompression bombs)
+MAX_SERVED_BATCH = 1024  # --max-batch of serve / export --triton: beyond it a batch is not a latency trade-off
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # what Triton (and pytriton) accept as a model name
 INFO_FORMAT = "assd-served-model"
+
+
+def check_serving_options(model_name: str, max_batch: int) -> None:
+    """UserError for a model name Triton refuses or a ``--max-batch`` outside 1..MAX_SERVED_BATCH."""
+    if not MODEL_NAME.fullmatch(model_name):
+        raise UserError(f"model name {model_name!r}: use letters, digits, '.', '_' and '-' only (Triton's rule)")
+    if not 1 <= max_batch <= MAX_SERVED_BATCH:
+        raise UserError(f"--max-batch {max_batch}: must be in 1..{MAX_SERVED_BATCH}")
 
 
 class BadRequest(ValueError):

@@ -27,7 +27,7 @@ from assd.errors import UserError
 from assd.models.config import ModelConfig
 from assd.runtime.postprocess import PostprocessConfig
 from assd.serving.environment import require_serve_extra
-from assd.serving.protocol import INPUT_ENCODED, OUTPUTS
+from assd.serving.protocol import INPUT_ENCODED, OUTPUTS, check_serving_options
 
 PYTHON_MODELS = Path(__file__).parent / "triton_python"
 QUEUE_DELAY_US = 2000
@@ -83,8 +83,6 @@ def inspect_artifact(artifact: str, max_batch: int) -> NetworkArtifact:
         if any(uses_external_data(tensor) for tensor in load_onnx(path, load_weights=False).graph.initializer):
             raise UserError(f"{path}: keeps its weights in external data files; the repository takes one "
                             "self-contained .onnx file: re-export it with 'assd export --onnx'")
-        if max_batch < 1:
-            raise UserError(f"--max-batch {max_batch}: must be at least 1")
         return NetworkArtifact(path, "onnx", metadata.model_config, PostprocessConfig.from_dict(metadata.postprocess),
                                max_batch, metadata.precision)
     if suffix in (".engine", ".plan", ".trt"):
@@ -200,6 +198,7 @@ def write_repository(repo: str, artifact: str, max_batch: int = 8, name: str = "
     repo_path = Path(repo)
     if repo_path.exists() and (not repo_path.is_dir() or any(repo_path.iterdir())):
         raise UserError(f"{repo_path}: exists and is not an empty folder: choose a new folder for the repository")
+    check_serving_options(name, max_batch)
     network = inspect_artifact(artifact, max_batch)
     configs = repository_configs(name, network)
     repo_path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,12 +40,15 @@ from assd.serving.protocol import (
     INPUT_PIXELS,
     OUTPUT_INFO,
     BadRequest,
+    check_serving_options,
     detect_in_pixels,
     model_info,
     pack_detections,
     request_images,
     request_postprocess,
 )
+
+MAX_INSTANCES = 64  # model instances (each holds its own runner and weights)
 
 # Triton endpoints that stay behind pytriton's access token; statistics stay open (assd bench --server).
 PROTECTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
@@ -65,10 +68,11 @@ class ServeOptions:
 
     def check(self) -> None:
         require_loopback(self.host, "--host")
-        for option, value, least in (("--max-batch", self.max_batch, 1), ("--instances", self.instances, 1),
-                                     ("--max-queue-delay-us", self.max_queue_delay_us, 0)):
-            if value < least:
-                raise UserError(f"{option} {value}: must be at least {least}")
+        check_serving_options(self.model_name, self.max_batch)
+        for option, value, least, most in (("--instances", self.instances, 1, MAX_INSTANCES),
+                                           ("--max-queue-delay-us", self.max_queue_delay_us, 0, 10**7)):
+            if not least <= value <= most:
+                raise UserError(f"{option} {value}: must be in {least}..{most}")
         ports = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
         if len(set(ports.values())) != len(ports):
             raise UserError(f"{', '.join(f'{k} {v}' for k, v in ports.items())}: the three ports must differ")
@@ -159,8 +163,11 @@ def serve(artifact: str, options: ServeOptions = ServeOptions(), echo: Callable[
     """Serve ``artifact`` until SIGINT or SIGTERM; see the module docstring."""
     options.check()
     require_serve_extra("assd serve")
-    runners = [open_runner(artifact, device=options.device) for _ in range(options.instances)]
-    runner = runners[0]
+    runner = open_runner(artifact, device=options.device)
+    if runner.outputs != "raw":
+        raise UserError(f"{artifact}: exported --with-postprocess (it outputs padded detections); assd serve runs "
+                        "the decode and NMS itself: serve an export without --with-postprocess")
+    runners = [runner] + [open_runner(artifact, device=options.device) for _ in range(options.instances - 1)]
     max_batch = min(options.max_batch, runner.max_batch or options.max_batch)
     if max_batch < options.max_batch:
         echo(f"note: {artifact} accepts batches up to {runner.max_batch}: --max-batch lowered to {max_batch}")
