@@ -6,8 +6,8 @@ Every command that writes files uses these few functions (the API other stages a
     Before any expensive work. ``inputs``: every file or folder the command reads (``None`` entries are
     skipped). ``files``: ``{option: path}`` of output files; ``folders``: ``{option: (folder, names)}``
     of output folders with the names the command will write inside them. Refuses (``UserError``, one
-    line) an output that resolves (symlinks followed) onto an input, an output folder that is an input
-    folder, two options naming one file, an output file that is a folder, and an output whose parent is
+    line) an output that resolves (symlinks followed) onto an input or into an input folder (a data root
+    stands for all its files), an output folder that is an input folder, two options naming one file, an output file that is a folder, and an output whose parent is
     a file or is not writable (a read-only file system, no permission). Missing parent folders are fine
     when they can be created.
 ``writing(path)``
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import shutil
@@ -140,9 +141,19 @@ def check_outputs(inputs: Iterable[PathLike | None], files: Mapping[str, PathLik
                   folders: Mapping[str, tuple[PathLike | None, Sequence[str]]] | None = None) -> None:
     """Refuse, before any work, outputs that would land on an input or cannot be written (module docstring)."""
     input_paths = {_resolved(path): Path(path) for path in inputs if path is not None and Path(path).exists()}
+    input_folders = [resolved for resolved in input_paths if resolved.is_dir()]
     claimed: dict[Path, str] = {}
 
+    def refuse_inside_input_folder(option: str, path: Path) -> None:
+        # A data root stands for every file below it (annotations, split lists, images): nothing goes there.
+        resolved = _resolved(path)
+        for folder in input_folders:
+            if folder in resolved.parents:
+                raise UserError(f"{path} ({option}): is inside the input folder {input_paths[folder]} of this "
+                                "command; outputs never go among the inputs: choose a path outside it")
+
     def claim(option: str, path: Path) -> None:
+        refuse_inside_input_folder(option, path)
         resolved = _resolved(path)
         if resolved in input_paths:
             original = input_paths[resolved]
@@ -167,6 +178,7 @@ def check_outputs(inputs: Iterable[PathLike | None], files: Mapping[str, PathLik
         if _resolved(folder) in input_paths:
             raise UserError(f"{folder} ({option}): is an input folder of this command; writing into it would mix "
                             "outputs with (or replace) the inputs: choose another folder")
+        refuse_inside_input_folder(option, folder)
         for name in names:
             claim(option, folder / name)
 
@@ -192,14 +204,15 @@ def _stale(pid_text: str | None, path: Path) -> bool:
         return False
 
 
-def clean_stale_temp_files(path: PathLike) -> list[Path]:
+def clean_stale_temp_files(path: PathLike, names: Sequence[str] | None = None) -> list[Path]:
     """Remove ``.NAME.*.tmp`` files beside ``path`` (NAME = its file name) left by dead processes; only
-    names of our own atomic-write pattern are touched. Returns what was removed."""
+    names of our own atomic-write pattern are touched. ``names``: the folder's entries when the caller
+    has listed it already. Returns what was removed."""
     path = Path(path)
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:(\d+)-)?[A-Za-z0-9_]+\.tmp$")
     removed = []
     try:
-        candidates = list(path.parent.iterdir())
+        candidates = [path.parent / name for name in names] if names is not None else list(path.parent.iterdir())
     except OSError:
         return removed
     for candidate in candidates:
@@ -214,8 +227,19 @@ def clean_stale_temp_files(path: PathLike) -> list[Path]:
 def temp_file_beside(path: PathLike) -> tuple[int, str]:
     """``(fd, name)`` of a new, empty temp file for an atomic write of ``path`` (stale ones cleaned first)."""
     path = Path(path)
-    clean_stale_temp_files(path)
+    clean_stale_temp_files(path, _temp_names_at_start(str(path.parent.resolve())))
     return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+
+
+@functools.lru_cache(maxsize=256)
+def _temp_names_at_start(folder: str) -> tuple[str, ...]:
+    """The ``.*.tmp`` entries of ``folder`` when this process first wrote there: a command writing
+    thousands of files into one folder (predict) lists it once, not once per file. Temp files of killed
+    processes exist before we start; one left by a process killed later is removed by the next command."""
+    try:
+        return tuple(name for name in os.listdir(folder) if name.startswith(".") and name.endswith(".tmp"))
+    except OSError:
+        return ()
 
 
 def clean_stale_temp_dirs(root: PathLike | None = None) -> list[Path]:

@@ -58,6 +58,32 @@ def test_two_options_on_one_file_and_an_input_folder_as_output_folder_are_refuse
         check_outputs([photos / "a.jpg"], folders={"--out": (photos, ["a.jpg"])})
 
 
+def test_an_output_inside_an_input_folder_is_refused(tmp_path):
+    """A data root stands for every file below it: ``eval --data voc:ROOT --json ROOT/.../x.xml`` used to
+    replace an annotation file."""
+    root = tmp_path / "VOCdevkit"
+    annotation = root / "VOC2007" / "Annotations" / "000001.xml"
+    annotation.parent.mkdir(parents=True)
+    annotation.write_text("<annotation/>")
+    for files, folders in [({"--json": annotation}, None), ({"--json": root / "VOC2007" / "new.json"}, None),
+                           (None, {"--out": (root / "runs", [])}), (None, {"--out": (tmp_path, ["VOCdevkit/x"])})]:
+        with pytest.raises(UserError, match=r"is inside the input folder .*VOCdevkit of this command"):
+            check_outputs([str(root)], files=files, folders=folders)
+    assert annotation.read_text() == "<annotation/>"
+    check_outputs([str(root)], files={"--json": tmp_path / "results.json"})  # beside the root: fine
+
+
+def test_many_atomic_writes_into_one_folder_list_it_once(tmp_path, monkeypatch):
+    import assd.paths
+
+    listed = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(assd.paths.os, "listdir", lambda folder: listed.append(folder) or real_listdir(folder))
+    for index in range(20):
+        atomic_write_bytes(tmp_path / f"{index}.jpg", b"x")
+    assert len(listed) == 1 and len(list(tmp_path.iterdir())) == 20
+
+
 def test_unwritable_outputs_are_refused_before_the_work(tmp_path, monkeypatch):
     afile = tmp_path / "file.txt"
     afile.write_text("x")
