@@ -18,7 +18,11 @@
 #   ITERS=20                  timed iterations per benchmark configuration
 #   CALIB_DATA=synthetic:64   INT8 calibration images for the presets' engines
 #   CHECKPOINT=path.pt        a trained checkpoint: its engines are built and `assd eval-engine`d on
-#   DATA=voc:ROOT:2007-test   ... this data spec (both needed for the accuracy step)
+#   DATA=voc:ROOT:2007-test   ... this data spec (the evaluation split)
+#   CHECKPOINT_CALIB_DATA=voc:ROOT:2012-trainval   INT8 calibration images for the checkpoint's engine: a
+#                             training split, never DATA (calibrating on the evaluated images would leak
+#                             the test set into the INT8 scales); CHECKPOINT, DATA and this are all needed
+#                             for the accuracy step, which is skipped with the reason otherwise
 #   TRAIN_DATA=synthetic:64   data for the AMP training-step timing
 set -uo pipefail
 
@@ -31,6 +35,7 @@ CALIB_DATA=${CALIB_DATA:-synthetic:64}
 TRAIN_DATA=${TRAIN_DATA:-synthetic:64}
 CHECKPOINT=${CHECKPOINT:-}
 DATA=${DATA:-}
+CHECKPOINT_CALIB_DATA=${CHECKPOINT_CALIB_DATA:-}
 
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
 elif [ -x "$REPO/.venv/bin/python" ]; then PY=$REPO/.venv/bin/python
@@ -152,18 +157,21 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------- engine accuracy
-if [ "$HAS_CUDA" = True ] && [ "$HAS_TRT" = True ] && [ -n "$CHECKPOINT" ] && [ -n "$DATA" ]; then
+if [ -n "$DATA" ] && [ "$CHECKPOINT_CALIB_DATA" = "$DATA" ]; then
+  skip eval-engine "CHECKPOINT_CALIB_DATA is DATA ('$DATA'): calibrate INT8 on a training split, not on the evaluated one"
+elif [ "$HAS_CUDA" = True ] && [ "$HAS_TRT" = True ] && [ -n "$CHECKPOINT" ] && [ -n "$DATA" ] \
+    && [ -n "$CHECKPOINT_CALIB_DATA" ]; then
   step export-checkpoint assd export "$CHECKPOINT" --onnx -o "$OUT/checkpoint.onnx"
   for precision in fp32 fp16 int8; do
     extra=()
-    [ "$precision" = int8 ] && extra=(--calib-data "$DATA")
+    [ "$precision" = int8 ] && extra=(--calib-data "$CHECKPOINT_CALIB_DATA")
     step "build-checkpoint-$precision" assd build-engine "$OUT/checkpoint.onnx" "--$precision" \
       -o "$OUT/checkpoint.$precision.engine" "${extra[@]}"
     step "eval-engine-$precision" assd eval-engine "$OUT/checkpoint.$precision.engine" --data "$DATA" \
       --reference "$CHECKPOINT" --device cuda --json "$OUT/eval-engine-$precision.json"
   done
 else
-  skip eval-engine "needs a CUDA GPU, TensorRT, CHECKPOINT=trained.pt and DATA=spec (have: CUDA $HAS_CUDA, TensorRT $TRT, CHECKPOINT '${CHECKPOINT}', DATA '${DATA}')"
+  skip eval-engine "needs a CUDA GPU, TensorRT, CHECKPOINT=trained.pt, DATA=spec and CHECKPOINT_CALIB_DATA=training spec (have: CUDA $HAS_CUDA, TensorRT $TRT, CHECKPOINT '${CHECKPOINT}', DATA '${DATA}', CHECKPOINT_CALIB_DATA '${CHECKPOINT_CALIB_DATA}')"
 fi
 
 # ---------------------------------------------------------------------------------------- report

@@ -172,3 +172,19 @@ def test_trim_metrics_keeps_lines_up_to_the_checkpoint_and_drops_a_torn_line(tmp
     assert [line.count("global_step") for line in path.read_text().splitlines()] == [1, 1, 1]
     assert trim_metrics(path, 4) == 0
     assert trim_metrics(path, None) == 3 and not path.exists()
+
+
+@pytest.mark.parametrize("edit,reason", [
+    (lambda state: state.pop("rng"), r"missing or malformed: rng"),
+    (lambda state: [state.pop("epoch"), state.pop("global_step")], r"missing or malformed: epoch, global_step"),
+    (lambda state: state["model"].pop(next(iter(state["model"]))), r"its weights do not fit its model config: "),
+    (lambda state: state["rng"].pop("numpy"), r"bad RNG states: KeyError"),
+])
+def test_a_cut_or_edited_last_checkpoint_is_refused_in_one_line(tmp_path, edit, reason):
+    out = tmp_path / "run"
+    train(options(out, data=synthetic(4), max_steps=1))
+    state = torch.load(out / "last.pt", weights_only=True)
+    edit(state)
+    torch.save(state, out / "last.pt")
+    with pytest.raises(UserError, match=rf"run: its last.pt is unusable \({reason}.*--force .* or another --out"):
+        train(options(out, model=None, data=synthetic(4), resume=True))

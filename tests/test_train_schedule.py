@@ -129,3 +129,22 @@ def test_resume_refuses_a_changed_schedule_unless_allowed(tmp_path):
 def test_recipe_dicts_of_older_checkpoints_still_load():
     old = {key: value for key, value in RECIPES["voc-513"].to_dict().items() if key != "scaled_from"}
     assert Recipe.from_dict(old) == RECIPES["voc-513"]
+
+
+def test_epochs_0_reports_only_the_epochs_problem():
+    with pytest.raises(UserError) as info:
+        RECIPES["quick"].with_overrides(epochs=0)
+    assert str(info.value) == "recipe quick+custom: bad --epochs 0 (must be >= 1)"
+
+
+def test_a_shorter_epochs_on_resume_drops_the_milestones_past_the_new_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    first = train(options(out, recipe="quick", epochs=4, data=synthetic(4), max_steps=2))
+    assert first.recipe.milestones == (3,)
+    shorter = train(options(out, model=None, data=synthetic(4), resume=True, epochs=2, batch_size=None, lr=None,
+                            progress=True))
+    assert shorter.recipe.milestones == () and shorter.recipe.epochs == 2 and shorter.finished
+    change = "--milestones none (run: 3; the ones past the new end, --epochs 2, are dropped)"
+    assert f"note: schedule changed by the new --epochs: {change}" in capsys.readouterr().err
+    schedule = [line for line in metrics_lines(out) if line["type"] == "schedule"][-1]
+    assert schedule["resumed"] and schedule["changes"] == [change]

@@ -73,15 +73,15 @@ class Recipe:
             problems.append(f"--weight-decay {self.weight_decay} (must be >= 0 and finite)")
         if self.batch_size < 1:
             problems.append(f"--batch-size {self.batch_size} (must be >= 1)")
-        if self.epochs < 1:
+        if self.epochs < 1:  # the warm-up and milestone checks below would only echo it
             problems.append(f"--epochs {self.epochs} (must be >= 1)")
-        if not 0 <= self.warmup_epochs <= self.epochs:
+        elif not 0 <= self.warmup_epochs <= self.epochs:
             problems.append(f"--warmup-epochs {self.warmup_epochs:g} (must lie in 0..{self.epochs}, the run's epochs)")
         if not 0 < self.warmup_factor <= 1 or not 0 < self.gamma <= 1:
             problems.append(f"warm-up factor {self.warmup_factor} / gamma {self.gamma} (need 0 < value <= 1)")
         if list(self.milestones) != sorted(set(self.milestones)) or any(m < 1 for m in self.milestones):
             problems.append(f"--milestones {_listed(self.milestones)} (need increasing epochs >= 1)")
-        elif any(m > self.epochs for m in self.milestones):
+        elif self.epochs >= 1 and any(m > self.epochs for m in self.milestones):
             problems.append(f"--milestones {_listed(self.milestones)} (beyond the run's {self.epochs} epochs, so "
                             f"the lr would never decay there: give epochs in 1..{self.epochs})")
         if problems:

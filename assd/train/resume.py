@@ -5,7 +5,8 @@ run's settings (seed, augmentation, AMP, BatchNorm mode: ``RUN_SETTING_DEFAULTS`
 of the training data. On resume, an option left out takes the run's value; an option given with
 another value would change the run mid-way and is refused, each named with the run's value, unless
 ``--allow-changes``. ``--epochs`` may move the end of the run (not before the epochs already done);
-the milestones stay where they are (they are not rescaled on resume).
+the milestones stay where they are (they are not rescaled on resume), except that those past an earlier
+end are dropped (and a warm-up longer than the run is cut at its end), which ``changes`` records.
 
 The sample order and every sample's augmentation are functions of ``(seed, epoch, index)``
 (``assd.train.sampling``), so restoring the seed and the position (epoch, step in the epoch) restores
@@ -25,11 +26,13 @@ from assd.train.recipes import Recipe, get_recipe
 
 @dataclass
 class ResumePlan:
-    """A resumed run's recipe and settings, and what differs from the run as it was (``changes``)."""
+    """A resumed run's recipe and settings, and what differs from the run as it was (``changes``: the
+    options allowed by ``--allow-changes`` and, in ``adjusted`` too, what an earlier ``--epochs`` cut)."""
 
     recipe: Recipe
     settings: dict
     changes: list[str] = field(default_factory=list)
+    adjusted: list[str] = field(default_factory=list)  # the part of ``changes`` a shorter --epochs implies
 
 
 def _shown(value) -> str:
@@ -74,7 +77,23 @@ def plan_resume(opts: TrainOptions, state: dict, fingerprint: dict, checkpoint: 
                         "reuses the run's settings: drop these options, or add --allow-changes to continue "
                         "under the new ones")
     if opts.recipe is not None:  # a new recipe, on purpose (--allow-changes): as for a new run
-        recipe = get_recipe(opts.recipe).with_overrides(**overrides)
-    else:  # the stored milestones, not rescaled to a new --epochs
-        recipe = stored.with_overrides(**{**overrides, "milestones": overrides["milestones"] or stored.milestones})
-    return ResumePlan(recipe, settings, changes)
+        return ResumePlan(get_recipe(opts.recipe).with_overrides(**overrides), settings, changes)
+    kept, notes = _fit_to_new_end(stored, overrides)
+    recipe = stored.with_overrides(**{**overrides, **kept})
+    return ResumePlan(recipe, settings, changes + notes, notes)
+
+
+def _fit_to_new_end(stored: Recipe, overrides: dict) -> tuple[dict, list[str]]:
+    """The stored milestones (not rescaled to a new ``--epochs``) and warm-up, less what lies past a new,
+    earlier end (``--epochs`` without ``--milestones`` / ``--warmup-epochs``); and a line per change."""
+    epochs = overrides.get("epochs") or stored.epochs
+    kept, notes = {"milestones": overrides.get("milestones") or stored.milestones}, []
+    if overrides.get("milestones") is None and any(m > epochs for m in stored.milestones):
+        kept["milestones"] = tuple(m for m in stored.milestones if m <= epochs)
+        notes.append(f"--milestones {_shown(kept['milestones'])} (run: {_shown(stored.milestones)}; the ones "
+                     f"past the new end, --epochs {epochs}, are dropped)")
+    if overrides.get("warmup_epochs") is None and stored.warmup_epochs > epochs:
+        kept["warmup_epochs"] = float(epochs)
+        notes.append(f"--warmup-epochs {epochs} (run: {_shown(stored.warmup_epochs)}; cut at the new end, "
+                     f"--epochs {epochs})")
+    return kept, notes

@@ -31,6 +31,8 @@ import torch
 from assd import paths
 from assd.errors import UserError
 from assd.models.checkpoint import read_checkpoint
+from assd.models.config import ModelConfig
+from assd.train.recipes import Recipe
 from assd.utils import atomic_write_text
 
 LAST = "last.pt"
@@ -39,6 +41,8 @@ METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
 RUN_FILES = (LAST, BEST, METRICS, CURVES)  # what a run writes into --out (besides tensorboard/)
+RESUME_KEYS = {"model_config": dict, "model": dict, "optimizer": dict, "recipe": dict, "epoch": int,
+               "step_in_epoch": int, "global_step": int, "rng": dict}  # what --resume reads from last.pt
 
 
 def rng_states() -> dict:
@@ -84,13 +88,34 @@ def check_writable(out: Path, inputs: Sequence[str] = ()) -> None:
     paths.check_outputs(list(inputs), folders={"--out": (out, [*RUN_FILES, TENSORBOARD_DIR])})
 
 
+def unusable(out: Path, reason: str) -> UserError:
+    """The one line for a ``last.pt`` in ``out`` that cannot be continued."""
+    return UserError(f"{out}: its {LAST} is unusable ({reason}): pass --force to start over (deletes the "
+                     "run's files) or another --out")
+
+
 def _read_run_checkpoint(last: Path, out: Path) -> dict:
     try:
         return read_checkpoint(last)
     except UserError as exc:
-        reason = str(exc).removeprefix(f"{last}: ").split(": pass ")[0]
-        raise UserError(f"{out}: its {LAST} is unusable ({reason}): pass --force to start over (deletes the "
-                        "run's files) or another --out") from None
+        raise unusable(out, str(exc).removeprefix(f"{last}: ").split(": pass ")[0]) from None
+
+
+def _check_resumable(state: dict, last: Path, out: Path) -> None:
+    """Every key the resume path reads, of the right kind (``RESUME_KEYS``), and a recipe and model config
+    that load: a checkpoint with our header but cut or edited is refused here, not by a traceback later."""
+    if "optimizer" not in state and "recipe" not in state:
+        raise UserError(f"{last}: a model-only checkpoint, without training state: cannot --resume from it")
+    wrong = [key for key, kind in RESUME_KEYS.items() if not isinstance(state.get(key), kind)]
+    if not isinstance(state.get("options", {}), dict):
+        wrong.append("options")
+    if wrong:
+        raise unusable(out, f"missing or malformed: {', '.join(wrong)}")
+    try:
+        Recipe.from_dict(state["recipe"])
+        ModelConfig.from_dict(state["model_config"])
+    except (TypeError, ValueError, KeyError, UserError) as exc:
+        raise unusable(out, f"bad recipe or model config: {str(exc).splitlines()[0][:160]}") from None
 
 
 def prepare_out_dir(out: Path, resume: bool, force: bool, inputs: Sequence[str] = ()) -> dict | None:
@@ -106,8 +131,7 @@ def prepare_out_dir(out: Path, resume: bool, force: bool, inputs: Sequence[str] 
         if not last.is_file():
             raise UserError(f"{last}: nothing to resume (no checkpoint): drop --resume to start a new run there")
         state = _read_run_checkpoint(last, out)
-        if "optimizer" not in state or "recipe" not in state:
-            raise UserError(f"{last}: a model-only checkpoint, without training state: cannot --resume from it")
+        _check_resumable(state, last, out)
         return state
     if force:
         return None

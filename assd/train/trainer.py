@@ -40,6 +40,7 @@ from assd.train.state import (
     restore_rng_states,
     rng_states,
     start_run_folder,
+    unusable,
 )
 from assd.train.validation import default_metric, validate
 
@@ -110,7 +111,10 @@ class Trainer:
         self.saved = describe_run(state) if state else None  # what last.pt holds
         if state:
             self._check_resume_position(state)
-            restore_rng_states(state["rng"])
+            try:
+                restore_rng_states(state["rng"])
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                raise unusable(self.out, f"bad RNG states: {type(exc).__name__} {str(exc)[:120]}") from None
         self.monitor = None
         self.created_out = not self.out.exists()
         if ctx.is_main:  # only now that everything else checked out
@@ -155,9 +159,11 @@ class Trainer:
         if state is not None:
             plan = plan_resume(self.opts, state, fingerprint, self.out / LAST)
             self.recipe, self.settings, self.changes = plan.recipe, plan.settings, plan.changes
-            if self.changes:
-                note(f"note: continuing with changed options (--allow-changes): {'; '.join(self.changes)}",
-                     self.verbose)
+            allowed = [change for change in self.changes if change not in plan.adjusted]
+            if allowed:
+                note(f"note: continuing with changed options (--allow-changes): {'; '.join(allowed)}", self.verbose)
+            for change in plan.adjusted:
+                note(f"note: schedule changed by the new --epochs: {change}", self.verbose)
         else:
             name = self.opts.recipe or default_recipe_name(self.cfg.input_size, self.cfg.backbone, data_kind)
             self.recipe = get_recipe(name).with_overrides(**self.opts.recipe_overrides())
@@ -184,7 +190,11 @@ class Trainer:
                  "weights (--backbone-weights imagenet or a torchvision state_dict file)", self.verbose)
         model = build_model(self.cfg, backbone_weights=None if state is not None else weights)
         if state is not None:
-            model.load_state_dict(state["model"])
+            try:
+                model.load_state_dict(state["model"])
+            except (RuntimeError, KeyError, TypeError) as exc:
+                detail = [line.strip() for line in str(exc).splitlines() if line.strip()][-1:] or [repr(exc)]
+                raise unusable(self.out, f"its weights do not fit its model config: {detail[0][:120]}") from None
         model = prepare_batchnorm(model, self.recipe.batch_size, self.settings, self.ctx.world_size)
         self.channels_last = self.opts.channels_last if self.opts.channels_last is not None else (
             self.device.type == "cuda")
