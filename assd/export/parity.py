@@ -66,11 +66,13 @@ class ParityReport:
 
 def match_detections(reference, candidate, iou_threshold: float = 0.9) -> tuple[int, float]:
     """(#reference detections with a same-class candidate at IoU >= threshold, max score difference
-    over those matches). ``reference`` / ``candidate``: ``Detections`` of one image."""
+    over those matches, each to its candidate of nearest score). ``reference`` / ``candidate``:
+    ``Detections`` of one image."""
     ref_boxes, cand_boxes = torch.as_tensor(reference.boxes), torch.as_tensor(candidate.boxes)
     if len(ref_boxes) == 0 or len(cand_boxes) == 0:
         return 0, 0.0
-    iou = box_iou(ref_boxes.float(), cand_boxes.float())  # [R, K]
+    # box_iou is 0/0 = NaN for two zero-area boxes, and a NaN anywhere in a row would poison its max.
+    iou = torch.nan_to_num(box_iou(ref_boxes.float(), cand_boxes.float()), nan=0.0)  # [R, K]
     # Boxes clipped flat against an image edge have zero area, so no IoU matches them: equal coordinates
     # (within float noise of the boxes' scale) count as a match too.
     scale = max(1.0, float(ref_boxes.abs().max()))
@@ -78,10 +80,12 @@ def match_detections(reference, candidate, iou_threshold: float = 0.9) -> tuple[
     iou = torch.where(same_box, torch.ones_like(iou), iou)
     same_class = torch.as_tensor(reference.labels)[:, None] == torch.as_tensor(candidate.labels)[None, :]
     iou = torch.where(same_class, iou, torch.zeros_like(iou))
-    best_iou, best = iou.max(dim=1)
-    matched = best_iou >= iou_threshold
-    score_diff = (torch.as_tensor(reference.scores)[matched] - torch.as_tensor(candidate.scores)[best[matched]]).abs()
-    return int(matched.sum()), float(score_diff.max()) if len(score_diff) else 0.0
+    overlaps = iou >= iou_threshold
+    matched = overlaps.any(dim=1)
+    ref_scores, cand_scores = torch.as_tensor(reference.scores).float(), torch.as_tensor(candidate.scores).float()
+    score_diff = (ref_scores[:, None] - cand_scores[None, :]).abs().masked_fill(~overlaps, float("inf"))
+    nearest = score_diff.min(dim=1).values[matched]  # duplicates of one box: pair the scores that agree
+    return int(matched.sum()), float(nearest.max()) if len(nearest) else 0.0
 
 
 def default_parity_images(limit: int = 4) -> list[np.ndarray]:
