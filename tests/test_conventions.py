@@ -309,3 +309,32 @@ def test_every_preset_builds_priors_that_match_its_heads():
         cfg = get_config(name)
         sizes = feature_sizes(cfg)
         assert len(priors_for(cfg)) == sum(h * w * n for (h, w), n in zip(sizes, cfg.anchors_per_location))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"prior_steps": (0,) * 6}, "prior_steps"), ({"prior_steps": (8, 16, math.inf, 64, 100, 300)}, "prior_steps"),
+    ({"decode_clamp": "x"}, "decode_clamp 'x'"), ({"decode_clamp": math.nan}, "decode_clamp nan"),
+    ({"prior_offset": None}, "prior_offset None"), ({"label_ids": (1, 2, 2)}, r"distinct.*\[2\]"),
+    ({"label_ids": (0, 1)}, r"distinct.*\[0\]"), ({"label_ids": (1, "2")}, r"distinct.*\['2'\]"),
+])
+def test_conventions_refuse_numbers_no_implementation_uses(changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(get_config("ssd300-coco").conventions, **changes)
+    assert dataclasses.replace(get_config("ssd300-coco").conventions, decode_clamp=None).decode_clamp is None
+
+
+@pytest.mark.parametrize("changes", [{"prior_steps": [0] * 5}, {"decode_clamp": "x"}, {"label_ids": [1, 1]}])
+def test_checkpoint_with_bad_conventions_is_one_line_for_the_cli(tmp_path, capsys, changes):
+    from assd.cli import main
+    from assd.models.checkpoint import save_checkpoint
+
+    path = tmp_path / "ck.pt"
+    save_checkpoint(build_model(get_config("assd-mini", num_classes=3)), path)
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["model_config"]["conventions"].update(changes)
+    torch.save(checkpoint, path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", str(path)])
+    message = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and message.count("\n") == 0 and message.startswith(f"error: {path}: ")
+    assert next(iter(changes)) in message

@@ -136,7 +136,7 @@ def test_conversion_errors_are_one_line(torchvision_ssd, tmp_path, capsys):
         convert_weights(truncated, tmp_path / "out.pt", "torchvision-ssd300")
     with pytest.raises(UserError, match="ASSD-Pytorch"):  # torchvision's file, announced as the authors'
         convert_weights(weights, tmp_path / "out.pt", "assd-pytorch")
-    with pytest.raises(UserError, match="would overwrite"):
+    with pytest.raises(UserError, match="is an input of this command"):
         convert_weights(weights, weights, "torchvision-ssd300")
     with pytest.raises(UserError, match="not found"):
         convert_weights(tmp_path / "absent.pth", tmp_path / "out.pt", "torchvision-ssd300")
@@ -147,6 +147,18 @@ def test_conversion_errors_are_one_line(torchvision_ssd, tmp_path, capsys):
     message = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and message.count("\n") == 0 and "ssd300_vgg16" in message
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_conversion_checks_outputs_and_model_first(torchvision_ssd, tmp_path):
+    _, weights = torchvision_ssd
+    with pytest.raises(UserError, match="ASSD-Pytorch"):  # fails after the output check: no folder left behind
+        convert_weights(weights, tmp_path / "sub" / "deeper" / "out.pt", "assd-pytorch")
+    assert not (tmp_path / "sub").exists()
+    (tmp_path / "foo.txt").write_text("x")
+    with pytest.raises(UserError, match="foo.txt is a file, not a folder"):
+        convert_weights(weights, tmp_path / "foo.txt" / "x.pt", "torchvision-ssd300")
+    with pytest.raises(UserError, match="unknown model 'nope'"):  # before the (absent) source is read
+        convert_weights(tmp_path / "absent.pth", tmp_path / "out.pt", "torchvision-ssd300", model="nope")
 
 
 AUTHORS_ATTENTION = {"query": "conv1", "key": "conv2", "value": "conv3"}

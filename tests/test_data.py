@@ -253,6 +253,30 @@ def test_malformed_coco_json_names_the_file(tmp_path):
         parse_data_spec(f"coco:{tmp_path / 'images'}:{broken}")
 
 
+@pytest.mark.parametrize("images, categories, bad", [
+    ([{"id": "x"}], [{"id": 1, "name": "a"}], r"images\[0\] has id 'x'"),
+    ([{"id": 1, "file_name": "1.jpg"}, {"id": "2", "file_name": "2.jpg"}], [{"id": 1, "name": "a"}],
+     r"images\[1\] has id '2'"),
+    ([{"id": True}], [{"id": 1, "name": "a"}], r"images\[0\] has id True"),
+    ([{"id": 1}], [{"id": 1, "name": "a"}, {"id": "b", "name": "b"}], r"categories\[1\] has id 'b'"),
+    ([{"id": 1}], [{"id": 2.0, "name": "a"}], r"categories\[0\] has id 2.0"),
+])
+def test_coco_ids_must_be_integers(tmp_path, images, categories, bad):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": [], "categories": categories}))
+    with pytest.raises(UserError, match=rf"ann\.json: {bad}, not a whole number") as info:
+        parse_data_spec(f"coco:{tmp_path / 'images'}:{tmp_path / 'ann.json'}")
+    assert "\n" not in str(info.value)
+
+
+def test_empty_image_file_is_refused_before_decoding(tmp_path):
+    from assd.data.images import UnreadableImage, read_rgb_image
+
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(UnreadableImage, match=r"empty\.jpg: empty file"):
+        read_rgb_image(tmp_path / "empty.jpg")
+
+
 def test_coco_unknown_category_and_missing_image_are_skipped(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -282,6 +306,8 @@ def test_coco_unknown_category_and_missing_image_are_skipped(tmp_path):
     ("coco:only-one-part", "COCO needs an image folder and an annotation json"),
     ("synthetic:many", "N and START must be whole numbers"),
     ("synthetic:0", "N and START must be whole numbers"),
+    ("synthetic:99999999999999999999999", "1 <= N <= 1000000000"),
+    ("synthetic:5:99999999999999999999999", "START <= 1000000000"),
     ("voc:", "no VOC root folder"),
 ])
 def test_bad_specs_name_the_spec_and_the_accepted_forms(spec, message):

@@ -115,3 +115,23 @@ def test_a_resnet101_preset_is_well_conditioned():
     images = preprocess(default_parity_images(2), model.cfg, "cpu")
     error, logits = _relative_float32_error(model, images)
     assert error < 5e-4 and logits < 1e3, (error, logits)
+
+
+def test_runners_memory_estimates_each_runner_once(monkeypatch):
+    from types import SimpleNamespace
+
+    from assd.models import limits
+
+    calls = []
+    real = limits.estimate_memory
+    monkeypatch.setattr(limits, "estimate_memory", lambda *args: calls.append(args) or real(*args))
+    monkeypatch.setattr(limits, "available_memory", lambda device: (10**9, "available host memory"))
+    runners = [SimpleNamespace(cfg=get_config("assd-mini"), device="cpu", precision=p, artifact=f"m.{p}")
+               for p in ("fp32", "fp16")]
+    limits.check_runners_memory(runners, 2, "eval")
+    assert len(calls) == 2
+    with pytest.raises(UserError, match=r"^eval m\.fp32: batch 64 at 256x256 needs about 1\.54 GB \(weights 0\.06, "
+                                        r"activations 0\.94, attention scores 0\.54\) \+ 0\.03 GB, but only 1\.00 GB "
+                                        r"is available host memory: use a smaller --batch-size$"):
+        limits.check_runners_memory(runners, 64, "eval")
+    assert len(calls) == 4

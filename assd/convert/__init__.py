@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from assd.convert import assd_pytorch, torchvision_ssd
-from assd.convert.state_dict import check_output, load_mapped, read_state_dict
+from assd.convert.state_dict import load_mapped, read_state_dict
 from assd.errors import UserError
 from assd.models import ASSD, get_config
 from assd.models.checkpoint import save_checkpoint
+from assd.paths import check_outputs
 
 SOURCES: dict[str, ModuleType] = {"torchvision-ssd300": torchvision_ssd, "assd-pytorch": assd_pytorch}
 
@@ -53,17 +54,13 @@ def convert_weights(source_file: str | os.PathLike, output: str | os.PathLike, s
     if source not in SOURCES:
         raise UserError(f"--from {source}: use one of {', '.join(SOURCES)}")
     layout = SOURCES[source]
-    output = check_output(output, source_file)
-    state_dict = read_state_dict(source_file, layout.EXPECTED)
     preset = model or layout.DEFAULT_MODEL
     anchors = get_config(preset).anchors_per_location[0]
+    check_outputs([source_file], files={"-o": output})
+    state_dict = read_state_dict(source_file, layout.EXPECTED)
     num_classes = _num_classes(state_dict, layout, anchors, str(source_file))
     network = ASSD(get_config(preset, num_classes=num_classes))
     what = f"{layout.EXPECTED} matching the '{preset}' network"
     load_mapped(network, state_dict, layout.source_key, str(source_file), what, getattr(layout, "adapt", None))
-    try:
-        save_checkpoint(network.eval(), output, converted_from={"source": source, "file": os.fspath(source_file)})
-    except OSError as exc:
-        raise UserError(f"{output}: cannot write the checkpoint ({exc.strerror or exc}): free space or choose "
-                        "another folder") from None
+    save_checkpoint(network.eval(), output, converted_from={"source": source, "file": os.fspath(source_file)})
     return Conversion(str(output), preset, num_classes, len(state_dict))

@@ -9,7 +9,6 @@ and which inference never reads.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,18 +88,3 @@ def load_mapped(model: nn.Module, source: dict[str, torch.Tensor], source_key_of
         mapped[key] = tensor.to(target[key].dtype)
     model.load_state_dict(mapped, strict=True)
 
-
-def check_output(output: str | os.PathLike, source: str | os.PathLike) -> Path:
-    """``output`` as a Path, after checking it is not ``source`` and its folder is writable."""
-    output = Path(output)
-    if output.resolve() == Path(source).resolve():
-        raise UserError(f"{output}: would overwrite the weights being converted: choose another output file")
-    if output.is_dir():
-        raise UserError(f"{output}: is a folder: give the checkpoint file to write, e.g. {output / 'model.pt'}")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output.parent):
-            pass
-    except OSError as exc:
-        raise UserError(f"{output}: cannot write there ({exc.strerror or exc}): choose a writable folder") from None
-    return output

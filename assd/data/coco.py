@@ -36,7 +36,18 @@ def load_coco(annotation_file: str | Path) -> COCO:
         if not isinstance(coco.dataset.get(key), list):
             raise UserError(f"{path}: not a COCO instances json: '{key}' is missing or not a list: give an "
                             "instances_*.json with images, annotations and categories")
+    for key in ("images", "categories"):
+        _check_ids(path, key, coco.dataset[key])
     return coco
+
+
+def _check_ids(path: Path, key: str, entries: list) -> None:
+    """UserError naming the first entry of ``entries`` whose ``id`` is not an int (bools are not ids)."""
+    for index, entry in enumerate(entries):
+        entry_id = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(entry_id, int) or isinstance(entry_id, bool):
+            raise UserError(f"{path}: {key}[{index}] has id {entry_id!r}, not a whole number: give every image "
+                            "and category an integer id, as official COCO files do")
 
 
 def _coco_annotation(coco: COCO, image_id: int, label_of: dict[int, int]):

@@ -73,6 +73,8 @@ def read_rgb_image(path: str | Path) -> np.ndarray:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise UnreadableImage(f"{path}: cannot read image file ({exc.strerror}): replace or remove it") from None
+    if not data:
+        raise UnreadableImage(f"{path}: empty file (0 bytes), not an image: replace or remove it")
     if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
         raise UnreadableImage(f"{path}: corrupt image file: a truncated or malformed JPEG (no end-of-image "
                               "marker after its last scan): replace or remove it")

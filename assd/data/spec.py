@@ -21,6 +21,7 @@ from assd.models.config import IMAGENET_MEAN, IMAGENET_STD
 
 SPEC_FORMS = "voc:ROOT[:SETS] (e.g. voc:data/VOCdevkit:07+12), coco:IMAGES_DIR:ANNOTATIONS_JSON, synthetic[:N[:START]]"
 DEFAULT_SYNTHETIC_IMAGES = 200
+MAX_SYNTHETIC = 10**9  # N and START: beyond this len() overflows and nobody means it
 
 
 def _bad(spec: str, why: str) -> UserError:
@@ -65,8 +66,9 @@ def parse_data_spec(spec: str, train: bool = False, input_size: int | None = Non
         return coco_dataset(images_dir, annotation_file, source=spec, **transform)
     if kind == "synthetic":
         match = re.fullmatch(r"(?::(\d+)(?::(\d+))?)?", spec[len("synthetic"):])
-        if match is None or (match.group(1) is not None and int(match.group(1)) < 1):
-            raise _bad(spec, "N and START must be whole numbers, N >= 1")
+        if match is None or (match.group(1) is not None and not 1 <= int(match.group(1)) <= MAX_SYNTHETIC) or (
+                match.group(2) is not None and int(match.group(2)) > MAX_SYNTHETIC):
+            raise _bad(spec, f"N and START must be whole numbers, 1 <= N <= {MAX_SYNTHETIC}, START <= {MAX_SYNTHETIC}")
         num_images = int(match.group(1)) if match.group(1) else DEFAULT_SYNTHETIC_IMAGES
         start = int(match.group(2)) if match.group(2) else 0
         return SyntheticDataset(num_images, start, source=spec, **transform)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 
 VOC_CLASSES = (
@@ -40,6 +42,14 @@ def unknown_fields(dataclass_type, keys) -> list[str]:
     """The sorted ``keys`` that are not fields of ``dataclass_type`` (a dataclass or an instance): what a
     file written by a newer version, or a typo, adds."""
     return sorted(set(keys) - {field.name for field in dataclasses.fields(dataclass_type)})
+
+
+def _finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,20 @@ class Conventions:
             raise ValueError(f"prior_clip {self.prior_clip!r}: use one of {PRIOR_CLIPS}")
         if self.top_k < 1 or (self.max_detections is not None and self.max_detections < 1):
             raise ValueError(f"top_k={self.top_k}, max_detections={self.max_detections}: must be >= 1")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """ValueError for prior / decode numbers no implementation uses (zero steps divide by zero)."""
+        if self.prior_steps is not None and not all(_finite(s) and s > 0 for s in self.prior_steps):
+            raise ValueError(f"prior_steps {self.prior_steps}: must be positive finite numbers")
+        if not _finite(self.prior_offset):
+            raise ValueError(f"prior_offset {self.prior_offset!r}: must be a finite number")
+        if self.decode_clamp is not None and not _finite(self.decode_clamp):
+            raise ValueError(f"decode_clamp {self.decode_clamp!r}: must be a finite number or null")
+        ids = self.label_ids
+        if ids is not None and (not all(_whole(i) and i >= 1 for i in ids) or len(set(ids)) != len(ids)):
+            bad = [i for n, i in enumerate(ids) if not (_whole(i) and i >= 1) or i in ids[:n]][:3]
+            raise ValueError(f"label_ids must be distinct whole numbers >= 1 (not {bad})")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> Conventions:

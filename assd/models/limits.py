@@ -48,7 +48,7 @@ def _positive_finite(values) -> bool:
 
 def _config_problem(cfg: ModelConfig) -> str | None:
     """What is wrong with ``cfg`` (None when it is sane)."""
-    from assd.models.assd import feature_sizes
+    from assd.models.assd import feature_sizes, priors_for
 
     if not _is_int(cfg.input_size) or not 1 <= cfg.input_size <= MAX_INPUT_SIZE:
         return f"input_size {cfg.input_size!r} is not a whole number of pixels in 1..{MAX_INPUT_SIZE}"
@@ -78,6 +78,10 @@ def _config_problem(cfg: ModelConfig) -> str | None:
         return f"{len(sizes)} prediction maps from backbone + extras but {cfg.num_maps} anchor scales"
     if min(h for h, _ in sizes) < 1:
         return f"input_size {cfg.input_size} is too small for this network (a prediction map would be empty)"
+    try:
+        priors_for(cfg)  # the prior geometry (steps, offset, clip) as every run computes it
+    except Exception as exc:  # noqa: BLE001 - conventions no network has: reported as one line
+        return f"its priors cannot be built ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -199,9 +203,11 @@ def available_memory(device: torch.device | str = "cpu") -> tuple[int, str]:
 
 
 def check_memory(cfg: ModelConfig, batch: int, device: torch.device | str = "cpu", what: str = "this run",
-                 bytes_per_value: int = 4, extra_bytes: int = 0, hint: str = "use a smaller --batch") -> MemoryEstimate:
-    """Refuse (UserError) when ``estimate_memory`` + ``extra_bytes`` exceeds ``available_memory(device)``."""
-    estimate = estimate_memory(cfg, batch, bytes_per_value)
+                 bytes_per_value: int = 4, extra_bytes: int = 0, hint: str = "use a smaller --batch",
+                 estimate: MemoryEstimate | None = None) -> MemoryEstimate:
+    """Refuse (UserError) when ``estimate_memory`` + ``extra_bytes`` exceeds ``available_memory(device)``;
+    ``estimate``: that of ``cfg``, ``batch`` and ``bytes_per_value`` when the caller already has it."""
+    estimate = estimate or estimate_memory(cfg, batch, bytes_per_value)
     needed = estimate.total + extra_bytes
     available, where = available_memory(device)
     if needed > available:
@@ -218,8 +224,10 @@ def check_runners_memory(runners, batch_size: int, command: str) -> None:
     def value_bytes(runner) -> int:
         return 2 if runner.precision in ("fp16", "bf16") else 4  # int8 graphs compute in float on CPUs
 
-    weights = [estimate_memory(r.cfg, 1, value_bytes(r)).weights for r in runners]
+    estimates = [estimate_memory(r.cfg, batch_size, value_bytes(r)) for r in runners]  # the slow part
+    weights = [estimate.weights for estimate in estimates]  # the same for every batch size
     for index, runner in enumerate(runners):
         check_memory(runner.cfg, batch_size, runner.device, what=f"{command} {runner.artifact}",
                      bytes_per_value=value_bytes(runner), extra_bytes=sum(weights) - weights[index],
+                     estimate=estimates[index],
                      hint="use a smaller --batch" + ("" if command == "bench" else "-size"))
