@@ -91,12 +91,12 @@ class DetectorCallable:
         self.runner, self.cfg, self.postprocess_cfg, self.rows = runner, runner.cfg, postprocess_cfg, rows
         self.priors = priors_for(runner.cfg).to(runner.device)
         self.info = np.array([info_json.encode()], dtype=np.object_)
-        # A fixed-batch ONNX file takes exactly its batch, an engine at least its profile's minimum: the
-        # batch is padded up to that (the padding's outputs are dropped).
-        self.pad_to = runner.max_batch if runner.backend.startswith("onnxruntime") else getattr(runner, "min_batch", None)
+        # A fixed-batch ONNX file takes exactly its batch: the batch is padded up to it (the padding's
+        # outputs are dropped). The TensorRT runner pads to its profile's minimum itself.
+        self.pad_to = runner.max_batch if runner.backend.startswith("onnxruntime") else None
 
     def __call__(self, requests) -> list[dict[str, np.ndarray]]:
-        images, owners, settings = [], [], []
+        images, counts, settings = [], [], []
         for number, request in enumerate(requests):
             try:
                 request_imgs = request_images(request.data)
@@ -104,12 +104,12 @@ class DetectorCallable:
             except BadRequest as exc:
                 raise BadRequest(f"request {number + 1} of a batch of {len(requests)}: {exc}") from None
             images += request_imgs
-            owners += [number] * len(request_imgs)
+            counts.append(len(request_imgs))
             settings += [setting] * len(request_imgs)
         detections = self.detect(images, settings)
-        responses = []
-        for number, request in enumerate(requests):
-            mine = [dets for dets, owner in zip(detections, owners) if owner == number]
+        responses, start = [], 0
+        for request, count in zip(requests, counts):
+            mine, start = detections[start:start + count], start + count
             response = pack_detections(mine, self.rows)
             if OUTPUT_INFO in (request.requested_output_names or ()):
                 response[OUTPUT_INFO] = np.repeat(self.info[None], len(mine), axis=0)
