@@ -152,3 +152,102 @@ def test_debug_precision_refuses_bad_input_in_one_line(mini_onnx, tmp_path, caps
     _fails_in_one_line(["debug-precision", str(mini_onnx), *[item for pair in args.items() for item in pair]], capsys,
                        message.format(**fill))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_cache_with_damaged_settings_or_image_count_is_measured_again(tmp_path):
+    from assd.calibration.cache import CACHE_VERSION, CalibrationSettings, load_cache
+
+    settings = CalibrationSettings(images=2, source="synthetic:2", percentile=99.9, op_types=("Conv",), num_bins=256)
+    good = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "onnx_sha256": "abc", "settings": settings.to_dict(),
+            "images_used": 2, "ranges": {"max": {"x": [-1.0, 1.0]}}}
+    cache = tmp_path / "c.calib.json"
+    for damage in [{"settings": []}, {"settings": None}, {"images_used": "abc"}, {"images_used": [1]}]:
+        cache.write_text(json.dumps({**good, **damage}))
+        lookup = load_cache(cache, "abc", settings, ("max",))
+        assert lookup.ranges is None and "is damaged" in lookup.reason, (damage, lookup.reason)
+    cache.write_text(json.dumps(good))
+    assert load_cache(cache, "abc", settings, ("max",)).ranges == {"max": {"x": (-1.0, 1.0)}}
+
+
+@pytest.mark.parametrize("item", [5, ["a"], "layer", {"layer": 5, "node": "n"}, {"layer": ["a"], "node": "n"},
+                                  {"layer": "a", "node": 3}, {"node": "n"}])
+def test_recipe_with_non_string_layer_names_is_a_damaged_recipe(tmp_path, item):
+    from assd.calibration.recipe import RECIPE_FORMAT, RECIPE_VERSION, load_recipe
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"format": RECIPE_FORMAT, "version": RECIPE_VERSION, "precision": "int8",
+                                  "kept_high": [item]}))
+    with pytest.raises(UserError, match="damaged recipe"):
+        load_recipe(recipe)
+
+
+def _forbid(monkeypatch, module, *names):
+    def expensive(*_args, **_kwargs):
+        raise AssertionError("expensive work started before the input was checked")
+
+    for name in names:
+        monkeypatch.setattr(module, name, expensive)
+
+
+def test_keep_high_layers_are_resolved_before_any_calibration(mini_onnx, tmp_path, monkeypatch):
+    from assd.calibration.recipe import KeptLayer, Recipe
+    from assd.precision import gate
+    from assd.precision.setup import CalibrationRequest
+
+    _forbid(monkeypatch, gate, "prepare", "eval_images", "_apply_recipe_unmeasured")
+    recipe = tmp_path / "recipe.json"
+    for precision, calibration in [("int8", CalibrationRequest(data="synthetic:2")), ("fp16", None)]:
+        Recipe(precision, [KeptLayer("no.such.layer", "node_Conv_0")]).save(recipe)
+        request = gate.GateRequest(max_delta_map=1.0, keep_high=str(recipe), eval_data="synthetic:2")
+        with pytest.raises(UserError, match="1 layer\\(s\\) not in this model \\(no.such.layer\\)"):
+            gate.gate_graph(str(mini_onnx), str(tmp_path / "out.onnx"), precision, calibration, request)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]
+
+
+def test_gate_names_its_own_evaluation_options(mini_onnx, tmp_path):
+    from assd.precision.gate import GateRequest, gate_graph
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    request = GateRequest(max_delta_map=1.0, eval_data=str(photos))
+    with pytest.raises(UserError, match=f"^--eval-data {photos}: an image folder has no annotations"):
+        gate_graph(str(mini_onnx), str(tmp_path / "out.onnx"), "fp16", None, request)
+
+
+def test_debug_precision_checks_calib_data_before_the_reference_run(mini_onnx, tmp_path, monkeypatch):
+    from assd.precision import debugger
+    from assd.precision.setup import CalibrationRequest
+
+    _forbid(monkeypatch, debugger, "reference_result", "prepare", "eval_images")
+    for data, message in [(tmp_path / "missing", "no such folder, and not a data spec"),
+                          (tmp_path, "folder has no .jpg/.png/.bmp images"),
+                          ("voc", "no such folder, and not a data spec")]:
+        options = debugger.DebugOptions(str(mini_onnx), "synthetic:2", str(mini_onnx), str(tmp_path / "final.onnx"),
+                                        calibration=CalibrationRequest(data=str(data)))
+        with pytest.raises(UserError, match=f"--calib-data {data}: {message}"):
+            debugger.debug_precision(options, echo=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_private_workdir_is_one_the_stale_temp_cleaner_removes(tmp_path):
+    import os
+
+    from assd.calibration.paths import private_workdir
+    from assd.paths import clean_stale_temp_dirs
+
+    with private_workdir() as workdir:
+        assert workdir.name.startswith(f"assd-calibration-{os.getpid()}-") and workdir.is_dir()
+        left_behind = tmp_path / workdir.name.replace(f"-{os.getpid()}-", "-999999999-")  # a SIGKILLed run's
+        left_behind.mkdir()
+        (left_behind / "model.onnx").write_text("x")
+    assert not workdir.exists()
+    assert clean_stale_temp_dirs(tmp_path) == [left_behind] and not left_behind.exists()
+
+
+def test_one_method_without_a_cache_computes_only_its_ranges(mini_onnx, images, tmp_path, monkeypatch):
+    import assd.calibration.quantize as quantize_module
+
+    _forbid(monkeypatch, quantize_module, "entropy_ranges", "_percentile_ranges")
+    result = quantize_int8(str(mini_onnx), str(tmp_path / "out.onnx"), str(images), num_images=2, method="max",
+                           echo=lambda _: None, num_bins=256)
+    assert result.quantized_nodes > 0 and read_metadata(tmp_path / "out.onnx").precision == "int8"

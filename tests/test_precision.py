@@ -281,9 +281,10 @@ def test_calibrate_cli_reports_parity_and_rejects_bad_input(fp32_onnx, fp16_onnx
     assert "int8 vs fp32" in printed and "parity on 2 images" in printed
     assert read_metadata(output).precision == "int8"
 
+    (tmp_path / "empty").mkdir()  # not tmp_path itself: -o may not go inside an input folder
     for args, message in [
         (["--calib-data", str(tmp_path / "missing")], "no such folder, and not a data spec"),
-        (["--calib-data", str(tmp_path)], "no .jpg/.png/.bmp images"),
+        (["--calib-data", str(tmp_path / "empty")], "no .jpg/.png/.bmp images"),
         (["--calib-data", str(voc_images_dir), "--calib-images", "0"], "--calib-images 0"),
     ]:
         with pytest.raises(SystemExit) as exit_info:

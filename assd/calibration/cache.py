@@ -22,8 +22,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from assd.calibration.paths import check_writable
 from assd.errors import UserError
+from assd.paths import check_outputs
 from assd.utils import atomic_write_json
 
 CACHE_FORMAT = "assd-calibration-cache"
@@ -77,7 +77,7 @@ def check_cache_path(path: str | Path) -> None:
     if path.exists() and _read_ours(path) is None:
         raise UserError(f"--calib-cache {path}: exists and is not an assd calibration cache (no "
                         f"'{CACHE_FORMAT}' marker): refusing to overwrite it; pass another path or delete the file")
-    check_writable(path, "--calib-cache")
+    check_outputs([], files={"--calib-cache": path})
 
 
 @dataclass
@@ -87,6 +87,19 @@ class CacheLookup:
     ranges: dict[str, Ranges] | None
     reason: str
     images_used: int = 0
+
+
+def _changed_settings(cached: dict, settings: CalibrationSettings) -> list[str]:
+    """``key old -> new`` for each setting that differs (AttributeError when ``cached`` is not a dict)."""
+    return [f"{key} {cached.get(key)!r} -> {value!r}" for key, value in settings.to_dict().items()
+            if cached.get(key) != value]
+
+
+def _cached_ranges(content: dict, methods: tuple[str, ...]) -> tuple[dict[str, Ranges], int]:
+    """({method: ranges}, images used) of a cache; KeyError/ValueError/TypeError/AttributeError when damaged."""
+    ranges = {method: {name: (float(lo), float(hi)) for name, (lo, hi) in content["ranges"][method].items()}
+              for method in methods}
+    return ranges, int(content.get("images_used", 0))
 
 
 def load_cache(path: str | Path, onnx_sha256: str, settings: CalibrationSettings,
@@ -104,19 +117,15 @@ def load_cache(path: str | Path, onnx_sha256: str, settings: CalibrationSettings
     if content.get("onnx_sha256") != onnx_sha256:
         return CacheLookup(None, f"calibration cache {path} was made for another ONNX file (SHA-256 differs): "
                                  "measuring the ranges again")
-    cached = content.get("settings", {})
-    changed = [f"{key} {cached.get(key)!r} -> {value!r}" for key, value in settings.to_dict().items()
-               if cached.get(key) != value]
-    if changed:
-        return CacheLookup(None, f"calibration cache {path} was made with other settings ({', '.join(changed)}): "
-                                 "measuring the ranges again")
     try:
-        ranges = {method: {name: (float(lo), float(hi)) for name, (lo, hi) in content["ranges"][method].items()}
-                  for method in methods}
+        changed = _changed_settings(content.get("settings", {}), settings)
+        ranges, images_used = (None, 0) if changed else _cached_ranges(content, methods)
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         return CacheLookup(None, f"calibration cache {path} is damaged ({type(exc).__name__}: {exc}): measuring "
                                  "the ranges again")
-    images_used = int(content.get("images_used", 0))
+    if changed:
+        return CacheLookup(None, f"calibration cache {path} was made with other settings ({', '.join(changed)}): "
+                                 "measuring the ranges again")
     count = len(next(iter(ranges.values()))) if ranges else 0
     return CacheLookup(ranges, f"calibration cache {path} matches this ONNX file and these settings: reusing "
                                f"the ranges of {count} tensors ({images_used} images)", images_used)

@@ -1,26 +1,30 @@
 """Where calibration may write: never onto an input, only where it can, intermediates in a private folder.
 
-* ``refuse_outputs_on_inputs``: every output path is compared with every input path (resolved, so
-  symlinks and ``..`` count; the same inode counts too) and with the other outputs, before any work.
-* ``check_writable``: the folder an output goes to exists (or can be made) and is writable, before the
-  expensive work, so a read-only target fails in one line instead of after minutes of calibration.
+* ``refuse_outputs_on_inputs``: every output path is compared with every named input path (resolved, so
+  symlinks and ``..`` count; the same inode counts too) and with the other outputs; the message names
+  the input (``-o m.onnx: is the input ONNX ...``).
+* ``check_graph_outputs``: the one check of ``calibrate``, ``debug-precision`` and the accuracy gate
+  before any work: ``-o`` ends in ``.onnx``, it and ``--calib-cache`` (and a report folder) land on no
+  input (data-spec files and folders included) and are writable (``assd.paths.check_outputs``), and the
+  cache file is ours (``assd.calibration.cache.check_cache_path``).
 * ``private_workdir``: ONNX Runtime's quantization tools write beside the model they are given (shape
   inference writes ``<stem>-inferred.onnx`` next to it, then deletes it). They are only ever given a
-  copy inside one private temporary folder named ``assd-*``, so nothing lands beside the user's model
-  and calibration needs no write access to the model's folder.
+  copy inside one private temporary folder (``assd.paths.temp_dir``: ``assd-calibration-<pid>-*``, so a
+  killed run's folder is removed by the next assd command), and nothing lands beside the user's model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from assd.calibration.cache import check_cache_path
 from assd.errors import UserError
+from assd.paths import check_outputs, temp_dir
 
-TEMP_PREFIX = "assd-"
+PathOrNone = str | os.PathLike | None
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -32,8 +36,7 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def refuse_outputs_on_inputs(outputs: dict[str, str | os.PathLike | None],
-                             inputs: dict[str, str | os.PathLike | None]) -> None:
+def refuse_outputs_on_inputs(outputs: Mapping[str, PathOrNone], inputs: Mapping[str, PathOrNone]) -> None:
     """UserError when an output (``{option: path}``) is one of the inputs or another output."""
     named_outputs = [(label, Path(path)) for label, path in outputs.items() if path]
     named_inputs = [(label, Path(path)) for label, path in inputs.items() if path]
@@ -47,23 +50,26 @@ def refuse_outputs_on_inputs(outputs: dict[str, str | os.PathLike | None],
                 raise UserError(f"{label} {path}: is also {other_label}: give each output its own path")
 
 
-def check_writable(path: str | os.PathLike, label: str) -> None:
-    """UserError unless ``path`` can be written: not a folder, and its nearest existing parent folder is one
-    we may write into (missing folders below it are created later)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{label} {path}: is a folder: pass a file path")
-    parent = path.parent if str(path.parent) else Path(".")
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{label} {path}: {parent} is a file, not a folder: choose another output path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{label} {path}: folder {parent} is not writable: choose another output path")
+def check_graph_outputs(output: str, cache: str | None, inputs: Mapping[str, PathOrNone],
+                        data_specs: Iterable[str | None] = (),
+                        folders: Mapping[str, tuple[PathOrNone, Sequence[str]]] | None = None) -> None:
+    """Refuse, before any work, a graph output ``output`` / ``--calib-cache`` ``cache`` (and ``folders``)
+    that is not .onnx, lands on one of ``inputs`` ({label: path}) or the files of ``data_specs``, cannot
+    be written, or (the cache) is a file that is not ours."""
+    from assd.data import data_spec_inputs
+
+    if not str(output).endswith(".onnx"):
+        raise UserError(f"-o {output}: the output graph's file must end in .onnx")
+    folder_outputs = {option: folder for option, (folder, _names) in (folders or {}).items()}
+    refuse_outputs_on_inputs({"-o": output, "--calib-cache": cache, **folder_outputs}, inputs)
+    read = [*inputs.values(), *(path for spec in data_specs for path in data_spec_inputs(spec))]
+    check_outputs(read, files={"-o": output, "--calib-cache": cache}, folders=folders)
+    if cache:
+        check_cache_path(cache)
 
 
 @contextlib.contextmanager
 def private_workdir() -> Iterator[Path]:
-    """A private temporary folder (``assd-*``, mode 0700) removed afterwards, even on errors."""
-    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as folder:
-        yield Path(folder)
+    """A private temporary folder (``assd-calibration-<pid>-*``, mode 0700) removed afterwards, even on errors."""
+    with temp_dir("calibration") as folder:
+        yield folder

@@ -37,14 +37,13 @@ from tqdm import tqdm
 from assd.calibration.cache import (
     CalibrationSettings,
     Ranges,
-    check_cache_path,
     load_cache,
     save_cache,
     sha256_file,
 )
 from assd.calibration.entropy import entropy_ranges
 from assd.calibration.images import ImageCalibrationReader, calibration_images
-from assd.calibration.paths import check_writable, private_workdir, refuse_outputs_on_inputs
+from assd.calibration.paths import check_graph_outputs, private_workdir
 from assd.calibration.placement import (
     keep_layers_high,
     layer_display_names,
@@ -132,17 +131,21 @@ def _percentile_ranges(histograms: dict, settings: CalibrationSettings) -> Range
     return {name: (float(np.asarray(values[0])), float(np.asarray(values[1]))) for name, values in thresholds.items()}
 
 
-def ranges_from_histograms(histograms: dict, settings: CalibrationSettings) -> dict[str, Ranges]:
-    """{method: ranges} for entropy, percentile and max from ORT's |x| histograms {tensor: (hist, edges,
-    min, max)} (max: the exact extremes the collector tracked)."""
-    return {"entropy": entropy_ranges(histograms), "percentile": _percentile_ranges(histograms, settings),
-            "max": {name: (float(values[2]), float(values[3])) for name, values in histograms.items()}}
+def ranges_from_histograms(histograms: dict, settings: CalibrationSettings,
+                           methods: tuple[str, ...] = METHODS) -> dict[str, Ranges]:
+    """{method: ranges} for ``methods`` (entropy, percentile, max) from ORT's |x| histograms {tensor: (hist,
+    edges, min, max)} (max: the exact extremes the collector tracked)."""
+    compute = {"entropy": lambda: entropy_ranges(histograms),
+               "percentile": lambda: _percentile_ranges(histograms, settings),
+               "max": lambda: {name: (float(values[2]), float(values[3])) for name, values in histograms.items()}}
+    return {method: compute[method]() for method in methods}
 
 
 def measure_ranges(model_path: str | Path, metadata: OnnxMetadata, settings: CalibrationSettings,
-                   workdir: Path, echo: Callable[[str], None] = print) -> tuple[dict[str, Ranges], int]:
+                   workdir: Path, echo: Callable[[str], None] = print,
+                   methods: tuple[str, ...] = METHODS) -> tuple[dict[str, Ranges], int]:
     """Run the fp32 graph at ``model_path`` (inside ``workdir``) on the calibration images once and return
-    ({method: {tensor: (lowest, highest)}} for every method, images used)."""
+    ({method: {tensor: (lowest, highest)}} for ``methods``, images used)."""
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
     images = calibration_images(settings.source, settings.images)
@@ -152,7 +155,7 @@ def measure_ranges(model_path: str | Path, metadata: OnnxMetadata, settings: Cal
         raise UserError(f"--calib-data {settings.source}: {len(images)} images, fewer than the model's fixed "
                         f"batch of {batch_size}")
     note = f" (the source has only {images.available})" if images.available < settings.images else ""
-    echo(f"calibrating on {usable} images of {settings.source}{note} (one pass: entropy, percentile and max ranges)")
+    echo(f"calibrating on {usable} images of {settings.source}{note} (one pass: {', '.join(methods)} ranges)")
     reader = ImageCalibrationReader(images, metadata.model_config, batch_size=batch_size)
     chunk = max(CHUNK_IMAGES // batch_size, 1) * batch_size
     with quiet_ort():
@@ -165,20 +168,21 @@ def measure_ranges(model_path: str | Path, metadata: OnnxMetadata, settings: Cal
                 reader.set_range(start, min(start + chunk, usable))
                 calibrator.collect_data(reader)
                 bar.update(min(chunk, usable - start))
-    return ranges_from_histograms(calibrator.collector.histogram_dict, settings), usable
+    return ranges_from_histograms(calibrator.collector.histogram_dict, settings, methods), usable
 
 
 def calibrated_ranges(model_path: Path, onnx_sha256: str, metadata: OnnxMetadata, settings: CalibrationSettings,
                       cache_path: str | None, workdir: Path, echo: Callable[[str], None] = print,
                       methods: tuple[str, ...] = METHODS) -> tuple[dict[str, Ranges], int, bool]:
     """({method: ranges}, images used, reused from the cache?): from ``cache_path`` when it matches, else
-    measured (and the cache written)."""
+    measured (every method when the cache is written, else only ``methods``)."""
     if cache_path:
         lookup = load_cache(cache_path, onnx_sha256, settings, methods)
         echo(lookup.reason)
         if lookup.ranges is not None:
             return lookup.ranges, lookup.images_used, True
-    ranges, images_used = measure_ranges(model_path, metadata, settings, workdir, echo)
+    ranges, images_used = measure_ranges(model_path, metadata, settings, workdir, echo,
+                                         METHODS if cache_path else methods)
     if cache_path:
         save_cache(cache_path, ranges, onnx_sha256, settings, images_used)
         echo(f"wrote calibration cache {cache_path} ({len(ranges['max'])} tensor ranges per method)")
@@ -232,14 +236,9 @@ def private_copy(onnx_path: str | Path, workdir: Path) -> Path:
     return target
 
 
-def check_int8_outputs(onnx_path: str, output: str, cache_path: str | None) -> None:
+def check_int8_outputs(onnx_path: str, output: str, cache_path: str | None, calib_data: str | None = None) -> None:
     """Everything about the output paths that can be refused before any work."""
-    if not str(output).endswith(".onnx"):
-        raise UserError(f"{output}: the output file must end in .onnx")
-    refuse_outputs_on_inputs({"-o": output, "--calib-cache": cache_path}, {"ONNX": onnx_path})
-    check_writable(output, "-o")
-    if cache_path:
-        check_cache_path(cache_path)
+    check_graph_outputs(output, cache_path, {"ONNX": onnx_path}, [calib_data])
 
 
 def write_int8_graph(model: onnx.ModelProto, metadata: OnnxMetadata, output: str,
@@ -265,10 +264,11 @@ def quantize_int8(onnx_path: str, output: str, calib_data: str, num_images: int 
     Conv stays in float (a recipe's layers)."""
     if method not in METHODS:
         raise UserError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
-    check_int8_outputs(onnx_path, output, cache_path)
+    check_int8_outputs(onnx_path, output, cache_path, calib_data)
     model, metadata = load_fp32_source(onnx_path, output, "int8")
     settings = calibration_settings(num_images, calib_data, percentile, num_bins)
-    nodes = resolve_layers(keep_high or [], layer_display_names(model.graph), "--keep-high")
+    names = layer_display_names(model.graph)
+    nodes = resolve_layers(keep_high or [], names, "--keep-high")
     with private_workdir() as workdir:
         copy = private_copy(onnx_path, workdir)
         ranges, images_used, reused = calibrated_ranges(copy, sha256_file(onnx_path), metadata, settings,
@@ -277,7 +277,6 @@ def quantize_int8(onnx_path: str, output: str, calib_data: str, num_images: int 
     layers = qdq_layers(quantized, model)
     if nodes:
         quantized = keep_layers_high(quantized, model, nodes)
-    names = layer_display_names(model.graph)
     kept = [names[node] for node in nodes]
     int8_metadata = write_int8_graph(quantized, metadata, output, kept)
     residual_adds = sum(1 for layer in layers if layer.residual and layer.node not in nodes)

@@ -57,6 +57,13 @@ class Recipe:
         atomic_write_json(path, self.to_dict())
 
 
+def _kept_layer(item) -> KeptLayer:
+    """One ``kept_high`` entry; TypeError unless it is an object with a string ``layer`` (and ``node``)."""
+    if not isinstance(item, dict) or not isinstance(item.get("layer"), str) or not isinstance(item.get("node", ""), str):
+        raise TypeError(f"kept_high entry {item!r:.60} needs a string 'layer' and 'node'")
+    return KeptLayer(**item)
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """The recipe at ``path``; UserError (one line) when it is missing or not a recipe."""
     path = Path(path)
@@ -74,7 +81,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise UserError(f"--keep-high {path}: recipe version {content.get('version')} is not supported "
                         f"(expects {RECIPE_VERSION}): run 'assd debug-precision' again")
     try:
-        kept = [KeptLayer(**item) for item in content["kept_high"]]
+        kept = [_kept_layer(item) for item in content["kept_high"]]
         return Recipe(precision=content["precision"], kept_high=kept, model=content.get("model", ""),
                       tolerance_points=content.get("tolerance_points"),
                       delta_map_points=content.get("delta_map_points") or {}, calibration=content.get("calibration"))

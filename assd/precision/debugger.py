@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assd.calibration.cache import check_cache_path
-from assd.calibration.paths import check_writable, private_workdir, refuse_outputs_on_inputs
+from assd.calibration.paths import check_graph_outputs, private_workdir
 from assd.calibration.recipe import KeptLayer, Recipe
 from assd.errors import CheckFailed, UserError
 from assd.precision.evaluator import VariantResult, available_threads
+from assd.precision.report import REPORT_FILES
 from assd.precision.search import LayerSensitivity, SearchResult, analyze, greedy_order, search
 from assd.precision.setup import (
     DEFAULT_EVAL_IMAGES,
@@ -29,6 +29,7 @@ from assd.precision.setup import (
     PRECISIONS,
     CalibrationRequest,
     PrecisionSetup,
+    check_annotated,
     eval_images,
     prepare,
     reference_result,
@@ -89,28 +90,32 @@ def check_options(options: DebugOptions) -> float:
     tolerance = check_tolerance(options.tolerance, options.precision)
     if options.images < 1:
         raise UserError(f"--images {options.images}: must be at least 1")
+    check_annotated(options.data)
     if options.calibration is not None and options.precision == "int8":
-        from assd.calibration.quantize import METHODS, check_range_options
-
-        if options.calibration.method not in (*METHODS, "auto"):
-            raise UserError(f"--method {options.calibration.method}: choose one of {', '.join(METHODS)} or auto")
-        check_range_options(options.calibration.images, options.calibration.percentile, options.calibration.num_bins)
-    if not str(options.output).endswith(".onnx"):
-        raise UserError(f"-o {options.output}: the final graph's file must end in .onnx")
+        _check_calibration(options.calibration)
     if not Path(options.reference).is_file():
         raise UserError(f"--reference {options.reference}: no such file: pass the checkpoint (.pt) or fp32 ONNX "
                         "the graph was exported from")
-    cache = options.calibration.cache if options.calibration else None
+    calibration = options.calibration if options.precision == "int8" else None
     report = options.report_folder()
-    refuse_outputs_on_inputs({"-o": options.output, "--calib-cache": cache, "--report": report},
-                             {"ONNX": options.onnx, "--reference": options.reference})
     if report.exists() and not report.is_dir():
         raise UserError(f"--report {report}: is a file: pass a folder for the report")
-    check_writable(options.output, "-o")
-    check_writable(report / "table.md", "--report")
-    if cache:
-        check_cache_path(cache)
+    check_graph_outputs(options.output, calibration.cache if calibration else None,
+                        {"ONNX": options.onnx, "--reference": options.reference},
+                        [options.data, calibration.data if calibration else None],
+                        folders={"--report": (report, tuple(REPORT_FILES.values()))})
     return tolerance
+
+
+def _check_calibration(calibration: CalibrationRequest) -> None:
+    """--method, the range options and --calib-data (a folder with images or a data spec), before any work."""
+    from assd.calibration.images import calibration_images
+    from assd.calibration.quantize import METHODS, check_range_options
+
+    if calibration.method not in (*METHODS, "auto"):
+        raise UserError(f"--method {calibration.method}: choose one of {', '.join(METHODS)} or auto")
+    check_range_options(calibration.images, calibration.percentile, calibration.num_bins)
+    calibration_images(calibration.data, calibration.images)  # parses the spec / lists the folder; loads nothing
 
 
 def kept_layers(setup: PrecisionSetup, result: SearchResult, sensitivities: list[LayerSensitivity],

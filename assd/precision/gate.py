@@ -15,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assd.calibration.cache import check_cache_path
-from assd.calibration.paths import check_writable, private_workdir, refuse_outputs_on_inputs
-from assd.calibration.recipe import load_recipe, resolve_layers
+from assd.calibration.paths import check_graph_outputs, private_workdir
+from assd.calibration.recipe import Recipe, load_recipe, resolve_layers
 from assd.errors import CheckFailed, UserError
 from assd.precision.debugger import check_tolerance, kept_layers
 from assd.precision.search import LayerSensitivity, SearchResult, search_by_bisection
@@ -68,13 +67,30 @@ def check_request(onnx_path: str, output: str, precision: str, calibration: Cali
     if needs_eval and data is None:
         raise UserError("Δ mAP needs annotated images: pass --eval-data SPEC (voc:ROOT, coco:IMAGES:JSON or "
                         "synthetic:N); an image folder has no ground truth")
-    cache = calibration.cache if calibration else None
-    refuse_outputs_on_inputs({"-o": output, "--calib-cache": cache},
-                             {"ONNX": onnx_path, "--keep-high": request.keep_high})
-    check_writable(output, "-o")
-    if cache:
-        check_cache_path(cache)
+    check_graph_outputs(output, calibration.cache if calibration else None,
+                        {"ONNX": onnx_path, "--keep-high": request.keep_high},
+                        [calibration.data if calibration else None, request.eval_data])
     return budget, data if needs_eval or request.keep_high else None
+
+
+def _checked_recipe(path: str | None, model, precision: str) -> Recipe | None:
+    """The ``--keep-high`` recipe, refused before any work when it is for another precision or names layers
+    that are not in ``model`` (the fp32 graph)."""
+    if not path:
+        return None
+    recipe = load_recipe(path)
+    if recipe.precision != precision:
+        raise UserError(f"--keep-high {path}: a {recipe.precision} recipe; this is a {precision} build")
+    if precision == "int8":
+        from assd.calibration.placement import layer_display_names
+
+        names = layer_display_names(model.graph)
+    else:
+        from assd.precision.layers import fp16_layers
+
+        names = {layer.node: layer.name for layer in fp16_layers(model)}
+    resolve_layers(recipe.layer_names, names, f"--keep-high {path}")
+    return recipe
 
 
 def gate_graph(onnx_path: str, output: str, precision: str, calibration: CalibrationRequest | None,
@@ -85,15 +101,14 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
 
     budget, data = check_request(onnx_path, output, precision, calibration, request)
     model, metadata = load_fp32_source(onnx_path, output, precision)
-    recipe = load_recipe(request.keep_high) if request.keep_high else None
-    if recipe is not None and recipe.precision != precision:
-        raise UserError(f"--keep-high {request.keep_high}: a {recipe.precision} recipe; this is a {precision} build")
+    recipe = _checked_recipe(request.keep_high, model, precision)
     if precision == "int8" and calibration is None:
         raise UserError(f"{onnx_path}: --int8 from an fp32 graph needs calibration images: pass --calib-data SPEC")
     if data is None:  # a recipe and nothing to measure: apply it as is
         data_images = None
     else:
-        data_images = eval_images(data, request.eval_images, metadata, onnx_path)
+        data_option = "--eval-data" if request.eval_data else "--calib-data"
+        data_images = eval_images(data, request.eval_images, metadata, onnx_path, (data_option, "--eval-images"))
     with private_workdir() as workdir:
         if data_images is None:
             return _apply_recipe_unmeasured(onnx_path, output, precision, calibration, recipe, echo)

@@ -10,6 +10,8 @@ from assd.precision.evaluator import VariantResult
 from assd.precision.search import ranked
 from assd.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+REPORT_FILES = {"table": "table.md", "json": "table.json", "plot": "sensitivity.png", "recipe": "recipe.json"}
+
 
 def _pct(share: float) -> str:
     return f"{100 * share:.2f}"
@@ -142,8 +144,7 @@ def as_json(debug, recipe: Recipe, options) -> dict:
 
 def write_report(folder: Path, debug, recipe: Recipe, options) -> dict[str, str]:
     """Write the four report files (atomically) into ``folder``; returns {kind: path}."""
-    files = {"table": folder / "table.md", "json": folder / "table.json", "plot": folder / "sensitivity.png",
-             "recipe": folder / "recipe.json"}
+    files = {kind: folder / name for kind, name in REPORT_FILES.items()}
     atomic_write_text(files["table"], markdown(debug, recipe, options))
     atomic_write_json(files["json"], as_json(debug, recipe, options))
     atomic_write_bytes(files["plot"], plot_png(debug))

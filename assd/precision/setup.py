@@ -92,21 +92,29 @@ def fp16_graph(fp32_model: onnx.ModelProto, metadata: OnnxMetadata, kept: list[L
     return model
 
 
-def eval_images(data_spec: str, count: int, metadata: OnnxMetadata, source: str) -> EvalImages:
-    """``count`` annotated images of ``data_spec`` with the model's classes (a multiple of a fixed batch)."""
+def check_annotated(data_spec: str, option: str = "--data") -> None:
+    """Refuse an image folder as evaluation data (it has no ground truth)."""
+    if Path(data_spec).is_dir():
+        raise UserError(f"{option} {data_spec}: an image folder has no annotations; Δ mAP needs a data spec "
+                        "with ground truth: voc:ROOT[:SETS], coco:IMAGES:JSON or synthetic[:N]")
+
+
+def eval_images(data_spec: str, count: int, metadata: OnnxMetadata, source: str,
+                options: tuple[str, str] = ("--data", "--images")) -> EvalImages:
+    """``count`` annotated images of ``data_spec`` with the model's classes (a multiple of a fixed batch);
+    ``options``: the caller's names of the data and count options, for the messages."""
     from assd.data import parse_data_spec
 
+    data_option, count_option = options
     if count < 1:
-        raise UserError(f"--images {count}: must be at least 1")
-    if Path(data_spec).is_dir():
-        raise UserError(f"--data {data_spec}: an image folder has no annotations; Δ mAP needs a data spec with "
-                        "ground truth: voc:ROOT[:SETS], coco:IMAGES:JSON or synthetic[:N]")
+        raise UserError(f"{count_option} {count}: must be at least 1")
+    check_annotated(data_spec, data_option)
     dataset = parse_data_spec(data_spec)
     check_class_names(metadata.model_config.class_names, dataset, source)
     batch = metadata.fixed_batch or 1
     count = min(count, len(dataset)) // batch * batch
     if count == 0:
-        raise UserError(f"--data {data_spec}: fewer images than the model's fixed batch of {batch}")
+        raise UserError(f"{data_option} {data_spec}: fewer images than the model's fixed batch of {batch}")
     return EvalImages(dataset, count)
 
 
