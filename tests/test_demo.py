@@ -124,7 +124,7 @@ def test_data_plan_for_voc_says_it_validates_on_the_training_set(voc_mini_root):
 
 @pytest.mark.parametrize("args, message", [
     (["--data", "bogus:1"], "unknown data kind"),
-    (["--data", "synthetic:0"], "N >= 1"),
+    (["--data", "synthetic:0"], "1 <= N <= 1000000000"),
     (["--device", "gpu"], "not a device"),
     (["--val-data", "synthetic:x"], "--val-data"),
 ])
