@@ -18,10 +18,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from assd.engine.build import EngineOptions, build_engine
 from assd.errors import UserError
 from assd.export import export_onnx
 from assd.export.attention_lowering import lower_attention
-from assd.export.engine import EngineOptions, build_engine
 from assd.export.nms_graph import append_postprocess
 from assd.export.parity import match_detections
 from assd.models import build_model, get_config

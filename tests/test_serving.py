@@ -28,7 +28,7 @@ pytest.importorskip("tritonclient.grpc", reason="the serve extra is not installe
 from assd.export import export_onnx
 from assd.models import build_model
 from assd.models.presets import get_config
-from assd.serving.client import DetectionClient, error_message, parse_server_url
+from assd.remote.client import DetectionClient, error_message, parse_server_url
 from assd.serving.environment import free_port
 
 IMAGES = 6  # real photos compared request by request

@@ -24,12 +24,12 @@ from assd.data.dataset import read_rgb_image
 from assd.export import export_onnx
 from assd.models import build_model
 from assd.models.presets import get_config
+from assd.remote.client import error_message
+from assd.remote.protocol import unpack_detections
 from assd.runtime.postprocess import PostprocessConfig
 from assd.runtime.preprocess import preprocess
 from assd.runtime.runners import open_runner
-from assd.serving.client import error_message
 from assd.serving.environment import free_port, use_this_interpreter_for_stubs
-from assd.serving.protocol import unpack_detections
 from assd.serving.repository import write_repository
 
 

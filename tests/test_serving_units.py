@@ -20,9 +20,9 @@ from assd.export import export_onnx
 from assd.models import build_model
 from assd.models.assd import priors_for
 from assd.models.presets import get_config
+from assd.remote import protocol
+from assd.remote.client import is_server_url, parse_server_url
 from assd.runtime.postprocess import Detections, PostprocessConfig
-from assd.serving import protocol
-from assd.serving.client import is_server_url, parse_server_url
 from assd.serving.environment import free_port, is_loopback, python_library_dir, stub_library_path
 
 
@@ -315,7 +315,7 @@ def test_request_parameters_of_a_model_without_a_per_image_cap():
 
 
 def test_a_url_that_is_not_an_assd_model_is_one_line():
-    from assd.serving.client import ServedModel, parse_server_url
+    from assd.remote.client import ServedModel, parse_server_url
 
     address = parse_server_url("http://127.0.0.1:8000/assd", "--model")
     for text in ["not json", '{"format": "other"}', '{"format": "assd-served-model"}', "[]"]:

@@ -23,8 +23,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import assd
 from assd.cli import main
+from assd.engine.build import BatchRange, CalibrationOptions, EngineOptions, build_engine, check_options
 from assd.errors import UserError
-from assd.export.engine import BatchRange, CalibrationOptions, EngineOptions, build_engine, check_options
 from assd.models import feature_sizes, get_config
 from assd.runtime.engine_info import EngineInfo, check_compatible, read_engine_info, sidecar_path
 from assd.runtime.metadata import OnnxMetadata, read_metadata, set_metadata

@@ -14,8 +14,8 @@ import torch
 from fake_tensorrt import FakeBuilder, fake_builder_module
 from test_tensorrt import _info, _tiny_assd_onnx
 
+from assd.engine.build import EngineOptions, build_engine
 from assd.errors import UserError
-from assd.export.engine import EngineOptions, build_engine
 from assd.runtime import tensorrt_support
 from assd.runtime.engine_info import check_build_target, check_compatible, parse_version, read_engine_info
 

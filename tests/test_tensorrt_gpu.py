@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from assd.engine.build import CalibrationOptions, EngineOptions, build_engine
 from assd.errors import UserError
-from assd.export.engine import CalibrationOptions, EngineOptions, build_engine
 
 pytestmark = pytest.mark.tensorrt
 

@@ -106,7 +106,7 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
     import dataclasses
 
     from assd.data import data_spec_inputs
-    from assd.export.engine import (
+    from assd.engine.build import (
         CalibrationOptions,
         EngineOptions,
         build_engine,

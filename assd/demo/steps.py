@@ -219,7 +219,7 @@ def _engines(ctx: DemoContext) -> StepOutput:
     missing = tensorrt_missing(ctx.device)
     if missing:
         return StepOutput({"engines": [], "skipped": missing}, [], f"skipped: {missing}")
-    from assd.export.engine import EngineOptions, build_engine
+    from assd.engine.build import EngineOptions, build_engine
 
     engines, outputs = [], []
     for graph in (ONNX_FP32, ONNX_FP16, ONNX_INT8):

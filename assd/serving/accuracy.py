@@ -14,8 +14,8 @@ import asyncio
 from assd.errors import CheckFailed, UserError
 from assd.evaluation.engine_parity import TOLERANCE_POINTS, EngineParity, _agreement, _predict
 from assd.evaluation.evaluate import EvalResult, FirstImages, check_class_names, evaluate_detections
+from assd.remote.client import DetectionClient, ServedModel, error_message, parse_server_url
 from assd.runtime.postprocess import Detections, PostprocessConfig
-from assd.serving.client import DetectionClient, ServedModel, error_message, parse_server_url
 
 
 async def _predict_all(client: DetectionClient, dataset, postprocess_cfg: PostprocessConfig | None,

@@ -25,7 +25,7 @@ import numpy as np
 import assd
 from assd.errors import CheckFailed, UserError
 from assd.paths import check_outputs
-from assd.serving.client import DetectionClient, error_message, parse_server_url
+from assd.remote.client import DetectionClient, error_message, parse_server_url
 from assd.utils import atomic_write_json, atomic_write_text
 
 REPORT_FORMAT = "assd-bench-server"

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from assd.errors import UserError
 from assd.models.config import ModelConfig
+from assd.remote.protocol import INPUT_ENCODED, OUTPUTS, check_serving_options
 from assd.runtime.postprocess import PostprocessConfig
 from assd.serving.environment import require_serve_extra
-from assd.serving.protocol import INPUT_ENCODED, OUTPUTS, check_serving_options
 
 PYTHON_MODELS = Path(__file__).parent / "triton_python"
 QUEUE_DELAY_US = 2000

@@ -26,16 +26,7 @@ import torch
 
 from assd.errors import CheckFailed, UserError
 from assd.models.assd import priors_for
-from assd.runtime.postprocess import PostprocessConfig
-from assd.runtime.preprocess import preprocess
-from assd.runtime.runners import Runner, open_runner
-from assd.serving.environment import (
-    check_port_free,
-    require_loopback,
-    require_serve_extra,
-    use_this_interpreter_for_stubs,
-)
-from assd.serving.protocol import (
+from assd.remote.protocol import (
     INPUT_ENCODED,
     INPUT_PIXELS,
     OUTPUT_INFO,
@@ -46,6 +37,15 @@ from assd.serving.protocol import (
     pack_detections,
     request_images,
     request_postprocess,
+)
+from assd.runtime.postprocess import PostprocessConfig
+from assd.runtime.preprocess import preprocess
+from assd.runtime.runners import Runner, open_runner
+from assd.serving.environment import (
+    check_port_free,
+    require_loopback,
+    require_serve_extra,
+    use_this_interpreter_for_stubs,
 )
 
 MAX_INSTANCES = 64  # model instances (each holds its own runner and weights)

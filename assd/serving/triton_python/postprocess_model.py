@@ -12,8 +12,8 @@ import triton_python_backend_utils as pb_utils
 
 from assd.models.assd import priors_for
 from assd.models.config import ModelConfig
+from assd.remote.protocol import OUTPUTS, detect_in_pixels, pack_detections
 from assd.runtime.postprocess import PostprocessConfig
-from assd.serving.protocol import OUTPUTS, detect_in_pixels, pack_detections
 
 
 class TritonPythonModel:

@@ -11,8 +11,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from assd.models.config import ModelConfig
+from assd.remote.protocol import INPUT_ENCODED, BadRequest, request_images
 from assd.runtime.preprocess import preprocess
-from assd.serving.protocol import INPUT_ENCODED, BadRequest, request_images
 
 
 class TritonPythonModel:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from assd.errors import UserError
-from assd.runtime.postprocess import Detections, PostprocessConfig
-from assd.serving.environment import require_loopback, require_serve_extra
-from assd.serving.protocol import (
+from assd.remote.checks import require_loopback, require_serve_extra
+from assd.remote.protocol import (
     INFO_FORMAT,
     INPUT_ENCODED,
     INPUT_PIXELS,
@@ -24,6 +23,7 @@ from assd.serving.protocol import (
     OUTPUTS,
     unpack_detections,
 )
+from assd.runtime.postprocess import Detections, PostprocessConfig
 
 URL_PATTERN = re.compile(r"^(?P<protocol>http|grpc)://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+):(?P<port>\d+)"
                          r"(?:/(?P<model>[A-Za-z0-9_.-]*))?/?$")
