@@ -245,6 +245,8 @@ class DetectionClient:
 def error_message(exc: Exception) -> str:
     """One line for a server error. pytriton sends whole Python tracebacks (``Traceback ... pkg.Error: text
     ... At: ...``): their error line is kept, without the exception's module path."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "no answer within the timeout (--timeout)"
     text = str(exc.message() if callable(getattr(exc, "message", None)) else exc)
     lines = [line.strip() for line in text.split("\n\nAt:")[0].splitlines() if line.strip()]
     if not lines:

@@ -177,5 +177,5 @@ def run_server_bench(url: str, levels: list[int], requests: int | None = None, s
     failed = sum(row["errors"] for row in rows)
     if failed:
         first = next(row["first_error"] for row in rows if row["first_error"])
-        raise CheckFailed(f"{failed} requests failed (first: {first})")
+        raise CheckFailed(f"{address}: {failed} requests failed (first: {first})")
     return report
