@@ -1,7 +1,10 @@
 """Soak and fault test of ``assd serve`` on loopback: load with malformed requests, a client that hangs
 up mid-request, and server restarts (SIGTERM, SIGKILL) while clients run. It ends by itself.
 
-    python scripts/serve_soak.py small.onnx --requests 2000 --concurrency 16 --bad 0.05 --restarts term,kill
+    python scripts/serve_soak.py tiny --requests 2000 --concurrency 16 --bad 0.05 --restarts term,kill
+
+``tiny`` (or any .onnx/.engine/.pt/preset) names the artifact; ``tiny`` builds the test model first: an
+assd-mini at 128 px with 2 classes and random weights, its class scores unsaturated (``tiny_model``).
 
 Phases, all against one ``assd serve ARTIFACT --device cpu --api-key soak`` on free 127.0.0.1 ports:
   load        ``--requests`` at ``--concurrency``, a ``--bad`` share malformed (junk bytes, 0 bytes, a PNG
@@ -61,6 +64,29 @@ def tree_rss_mb(pid: int) -> float:
         except (OSError, StopIteration):
             pass
     return total / 1024
+
+
+def tiny_model(path: Path) -> Path:
+    """The soak's model: assd-mini, 128 px, 2 classes, seed 0; class heads x0.2 (unsaturated scores: no exact
+    ties whose order could depend on the batch), box heads x0.01 (boxes near the priors)."""
+    import dataclasses
+
+    import torch
+
+    from assd.export import export_onnx
+    from assd.models import build_model
+    from assd.models.presets import get_config
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_config("assd-mini", num_classes=3, class_names=("a", "b")), input_size=128)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for head in model.conf_heads:
+            head.weight.mul_(0.2)
+        for head in model.loc_heads:
+            head.weight.mul_(0.01)
+    export_onnx(model, path)
+    return path
 
 
 def wait_until_free(ports: list[int], timeout: float = 60) -> None:
@@ -271,6 +297,10 @@ def main() -> None:
     parser.add_argument("--images", nargs="*", help="JPEG/PNG files to send (default: synthetic scenes)")
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args()
+    if args.artifact == "tiny":
+        import tempfile
+
+        args.artifact = str(tiny_model(Path(tempfile.mkdtemp(prefix="serve-soak-")) / "tiny.onnx"))
     report = run(args.artifact, args.requests, args.concurrency, args.bad,
                  [how for how in args.restarts.split(",") if how], args.images)
     text = json.dumps(report, indent=2)

@@ -8,7 +8,6 @@ One server binds 0.0.0.0 (accepted and configured; the test talks to it through 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib.util
 import json
 import os
@@ -19,14 +18,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("pytriton", reason="the serve extra is not installed (pip install -e '.[serve]')")
 pytest.importorskip("tritonclient.grpc", reason="the serve extra is not installed (pip install -e '.[serve]')")
 
-from assd.export import export_onnx
-from assd.models import build_model
-from assd.models.presets import get_config
 from assd.remote.client import DetectionClient, error_message, parse_server_url
 
 SOAK_PATH = Path(__file__).resolve().parents[1] / "scripts" / "serve_soak.py"
@@ -37,15 +32,7 @@ spec.loader.exec_module(soak)
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = dataclasses.replace(get_config("assd-mini", num_classes=3, class_names=("a", "b")), input_size=128)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        for head in model.loc_heads:
-            head.weight.mul_(0.01)  # boxes near the priors: detections to compare
-    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    export_onnx(model, path)
-    return path
+    return soak.tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +124,8 @@ def test_soak_short(tiny_onnx, tmp_path):
     a SIGKILL'd server restarted while clients run."""
     report = soak.run(str(tiny_onnx), requests=160, concurrency=16, bad=0.05, restarts=["kill"],
                       log=tmp_path / "soak.log")
-    assert (report["ok"], report["failed_as_expected"], report["failed_unexpectedly"]) == (152, 8, 0), report
+    outcome = (report["ok"], report["failed_as_expected"], report["failed_unexpectedly"])
+    assert outcome == (152, 8, 0), report["first_unexpected"]
     assert report["after_hang_ups"]["failed_unexpectedly"] == 0 and report["after_hang_ups"]["ok"] == 32
     assert report["rss_mb_after"] - report["rss_mb_before"] < 200, report
     [restart] = report["restarts"]
