@@ -122,10 +122,10 @@ def test_bad_requests_fail_alone_inside_shared_batches(open_server):
 def test_soak_short(tiny_onnx, tmp_path):
     """The CI variant of the soak (docs/serving.md has the full one): load with 5 % malformed, hang-ups,
     a SIGKILL'd server restarted while clients run."""
-    report = soak.run(str(tiny_onnx), requests=160, concurrency=16, bad=0.05, restarts=["kill"],
+    report = soak.run(str(tiny_onnx), requests=100, concurrency=16, bad=0.05, restarts=["kill"],
                       log=tmp_path / "soak.log")
     outcome = (report["ok"], report["failed_as_expected"], report["failed_unexpectedly"])
-    assert outcome == (152, 8, 0), report["first_unexpected"]
+    assert outcome == (95, 5, 0), report["first_unexpected"]
     assert report["after_hang_ups"]["failed_unexpectedly"] == 0 and report["after_hang_ups"]["ok"] == 32
     assert report["rss_mb_after"] - report["rss_mb_before"] < 200, report
     [restart] = report["restarts"]
