@@ -29,7 +29,7 @@ def client_options(command):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N] (for .pt and .onnx).")
 @click.option("--api-key", default=None, help="Require the header 'x-api-key: KEY' on every endpoint but health.")
 @click.option("--api-key-file", default=None, type=click.Path(dir_okay=False),
-              help="Read the key from this file (keeps it out of the process list).")
+              help="Read the key from this file (keeps it out of shell history).")
 @click.option("--grpc-ssl-cert", default=None, type=click.Path(dir_okay=False), help="gRPC TLS: server certificate (PEM).")
 @click.option("--grpc-ssl-key", default=None, type=click.Path(dir_okay=False), help="gRPC TLS: server key (PEM).")
 @click.option("--grpc-ssl-root", default=None, type=click.Path(dir_okay=False),
