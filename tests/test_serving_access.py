@@ -134,7 +134,7 @@ def test_soak_short(tiny_onnx, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("ASSD_SOAK") != "full", reason="the full soak (about 3 minutes on an idle "
+@pytest.mark.skipif(os.environ.get("ASSD_SOAK") != "full", reason="the full soak (about 11 minutes on a busy "
                     "2-core machine) runs with ASSD_SOAK=full; test_soak_short is its CI variant")
 def test_soak_full(tiny_onnx, tmp_path):
     report = soak.run(str(tiny_onnx), requests=2000, concurrency=16, bad=0.05, restarts=["term", "kill"],
