@@ -77,6 +77,12 @@ def test_open_address_needs_the_key_except_for_health(open_server, certificate, 
     assert http_status(f"{base}/models/assd/infer", body=body) == 403
     assert http_status(f"{base}/models/assd/infer", {"x-api-key": "wrong"}, body) == 403
     assert http_status(f"{base}/models/assd/infer", {"x-api-key": soak.API_KEY}, body) == 200
+    junk = json.dumps({"inputs": [{"name": "image_bytes", "shape": [1, 1], "datatype": "BYTES", "data": ["junk"]}]})
+    request = urllib.request.Request(f"{base}/models/assd/infer", data=junk.encode(), headers={"x-api-key": soak.API_KEY})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    message = json.loads(refused.value.read())["error"]
+    assert refused.value.code == 400 and "cannot decode" in message and "\n" not in message  # one line, no traceback
     for endpoint in ("models/assd/stats", "models/assd/config", "repository/index"):
         assert http_status(f"{base}/{endpoint}", body=b"{}" if endpoint.startswith("repo") else None) == 403
     image = soak.good_images(None, 1)[0]
