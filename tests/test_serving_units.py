@@ -46,7 +46,7 @@ def test_decode_image_matches_reading_the_file(voc_mini_root):
 
 
 def test_bad_images_are_refused_with_one_line():
-    for data, needle in [(b"", "cannot decode"), (b"GIF89a not really", "cannot decode"),
+    for data, needle in [(b"", "0 bytes"), (b"<html>not an image</html>", "cannot decode"),
                          (b"\0" * (protocol.MAX_ENCODED_BYTES + 1), "MiB of encoded data")]:
         with pytest.raises(protocol.BadRequest, match=needle):
             protocol.decode_image(data)
@@ -107,16 +107,18 @@ def test_detect_in_pixels_groups_thresholds_and_scales_per_image():
     assert mixed[0].boxes[:, 2].max() <= 200 and mixed[0].boxes[:, 3].max() <= 100 < mixed[0].boxes[:, 2].max()
 
 
-def test_server_urls_are_loopback_only():
+def test_server_urls_take_any_host():
     assert parse_server_url("http://127.0.0.1:8000/assd").endpoint == "127.0.0.1:8000"
     grpc = parse_server_url("grpc://localhost:8001")
-    assert (grpc.protocol, grpc.model) == ("grpc", "assd")
+    assert (grpc.protocol, grpc.model, grpc.transport, grpc.tls) == ("grpc", "assd", "grpc", False)
     assert parse_server_url("http://[::1]:8000/m").host == "[::1]"
-    assert is_server_url("http://x:1/m") and not is_server_url("model.onnx")
+    remote = parse_server_url("grpcs://detector.example.com:443/assd")  # parsed only: nothing is sent
+    assert (remote.host, remote.transport, remote.tls) == ("detector.example.com", "grpc", True)
+    assert parse_server_url("http://10.1.2.3:8000/assd").endpoint == "10.1.2.3:8000"
+    assert is_server_url("http://x:1/m") and is_server_url("grpcs://x:1/m") and not is_server_url("model.onnx")
     assert is_loopback("127.0.0.2") and is_loopback("::1") and not is_loopback("10.0.0.1")
     assert not is_loopback("example.com")  # names other than localhost are never resolved
-    for url, needle in [("http://10.1.2.3:8000/assd", "only loopback"), ("http://example.com:80/assd", "only loopback"),
-                        ("ftp://127.0.0.1:1/a", "not a server URL"), ("http://127.0.0.1/assd", "not a server URL"),
+    for url, needle in [("ftp://127.0.0.1:1/a", "not a server URL"), ("http://127.0.0.1/assd", "not a server URL"),
                         ("http://127.0.0.1:99999/assd", "not in 1..65535")]:
         with pytest.raises(UserError, match=needle):
             parse_server_url(url)
@@ -241,18 +243,23 @@ def test_export_triton_cli_refuses_bad_input(small_onnx, tmp_path, capsys):
     assert not (tmp_path / "repo").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_serving_commands_refuse_other_hosts_and_bad_options(small_onnx, capsys):
-    cases = [(("serve", str(small_onnx), "--host", "0.0.0.0"), "only loopback"),
-             (("serve", str(small_onnx), "--http-port", "9000", "--grpc-port", "9000"), "must differ"),
+def test_serving_commands_refuse_bad_options(small_onnx, capsys):
+    cases = [(("serve", str(small_onnx), "--http-port", "9000", "--grpc-port", "9000"), "must differ"),
+             (("serve", str(small_onnx), "--api-key", "a:b"), "without spaces"),
+             (("serve", str(small_onnx), "--api-key", "k", "--api-key-file", "f"), "not both"),
+             (("serve", str(small_onnx), "--api-key-file", "/nonexistent/key"), "cannot read it"),
+             (("serve", str(small_onnx), "--grpc-ssl-cert", str(small_onnx)), "both --grpc-ssl-cert and --grpc-ssl-key"),
+             (("serve", str(small_onnx), "--grpc-ssl-cert", str(small_onnx), "--grpc-ssl-key", str(small_onnx)),
+              "not a PEM file"),
              (("serve", str(small_onnx), "--instances", "0"), "--instances 0"),
              (("serve", str(small_onnx), "--instances", "100000"), "--instances 100000"),
              (("serve", str(small_onnx), "--max-batch", "5000"), "must be in 1..1024"),
              (("serve", str(small_onnx), "--model-name", "a/b"), "model name 'a/b'"),
-             (("bench", "--server", "http://192.168.1.5:8000/assd"), "only loopback"),
+             (("bench", "--server", "http://127.0.0.1:8000/assd", "--timeout", "0"), "--timeout 0"),
              (("bench", "--server", "http://127.0.0.1:8000/assd", "--requests", "5", "--seconds", "2"), "not both"),
              (("bench", "--server", "http://127.0.0.1:8000/assd", "--concurrency", "0"), "--concurrency 0"),
              (("bench", "--server", "http://127.0.0.1:8000/assd", "model.onnx"), "give no ARTIFACTS"),
-             (("eval", "--model", "http://10.0.0.1:8000/assd", "--data", "synthetic:2"), "only loopback")]
+             ]
     try:
         import tritonclient.http  # noqa: F401 - the serve extra: a client can try to connect
         cases.append((("bench", "--server", f"http://127.0.0.1:{free_port()}/assd", "--requests", "1"),
@@ -269,14 +276,11 @@ def test_serving_commands_refuse_other_hosts_and_bad_options(small_onnx, capsys)
 
 
 def test_detector_callable_pads_fixed_batches_and_answers_per_request(tmp_path, voc_mini_root):
-    """The callable ``assd serve`` binds, called as pytriton calls it (a list of requests), without a server."""
-    pytest.importorskip("pytriton", reason="the serve extra is not installed (pip install -e '.[serve]')")
-    from pytriton.proxy.types import Request
-
+    """The callable each model instance of ``assd serve`` runs, called with a batch of requests, without a server."""
     from assd.data.dataset import read_rgb_image
     from assd.evaluation.predict import predict_images
     from assd.runtime.runners import open_runner
-    from assd.serving.server import DetectorCallable
+    from assd.serving.served import DetectorCallable, ServedRequest
 
     model = build_model(dataclasses.replace(get_config("assd-mini"), input_size=128)).eval()
     export_onnx(model, tmp_path / "fixed2.onnx", batch=2)
@@ -285,8 +289,8 @@ def test_detector_callable_pads_fixed_batches_and_answers_per_request(tmp_path, 
     pp_cfg = PostprocessConfig.from_dict(runner.postprocess)
     callable_ = DetectorCallable(runner, pp_cfg, rows=pp_cfg.max_detections, info_json='{"format": "x"}')
     path = next((voc_mini_root / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))
-    request = Request({protocol.INPUT_ENCODED: np.array([[path.read_bytes()]], np.object_)},
-                      requested_output_names=[*protocol.OUTPUTS, protocol.OUTPUT_INFO])
+    request = ServedRequest({protocol.INPUT_ENCODED: np.array([[path.read_bytes()]], np.object_)},
+                            requested_output_names=(*protocol.OUTPUTS, protocol.OUTPUT_INFO))
     [response] = callable_([request])  # one image into a batch-2 network: padded
     direct = predict_images(dynamic.infer, [path], runner.cfg, pp_cfg, batch_size=1)[0]
     served = protocol.unpack_detections(response)[0]
@@ -294,13 +298,20 @@ def test_detector_callable_pads_fixed_batches_and_answers_per_request(tmp_path, 
     np.testing.assert_allclose(served.boxes, direct.boxes, rtol=0, atol=1e-3)
     np.testing.assert_allclose(served.scores, direct.scores, rtol=0, atol=1e-5)
     assert response[protocol.OUTPUT_INFO].tolist() == [[b'{"format": "x"}']]
-    quiet = Request({protocol.INPUT_PIXELS: read_rgb_image(str(path))[None]}, parameters={"max_detections": 5},
-                    requested_output_names=list(protocol.OUTPUTS))
-    bad = Request({protocol.INPUT_ENCODED: np.array([[b"nope"]], np.object_)})
+    quiet = ServedRequest({protocol.INPUT_PIXELS: read_rgb_image(str(path))[None]}, parameters={"max_detections": 5},
+                          requested_output_names=protocol.OUTPUTS)
+    bad = ServedRequest({protocol.INPUT_ENCODED: np.array([[b"nope"]], np.object_)})
+    bad_threshold = ServedRequest({protocol.INPUT_PIXELS: read_rgb_image(str(path))[None]},
+                                  parameters={"score_threshold": "high"})
     [response] = callable_([quiet])
     assert response["count"].tolist() == [[5]] and protocol.OUTPUT_INFO not in response
-    with pytest.raises(protocol.BadRequest, match="request 2 of a batch of 2: image 0: 4 bytes"):
-        callable_([quiet, bad])
+    first, refused, second, refused_too = callable_([quiet, bad, request, bad_threshold])  # one batch
+    assert isinstance(refused, protocol.BadRequest) and str(refused).startswith("image 0: 4 bytes")
+    assert isinstance(refused_too, protocol.BadRequest) and "score_threshold" in str(refused_too)
+    assert first["count"].tolist() == [[5]]
+    assert all(np.array_equal(second[name], response_alone) for name, response_alone in
+               callable_([request])[0].items())
+    assert callable_([bad])[0].args == refused.args  # nothing to run: no network call
 
 
 def test_request_parameters_of_a_model_without_a_per_image_cap():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from assd.commands.serve import client_options
 from assd.errors import UserError
 
 
@@ -71,8 +72,9 @@ def export_command(model, to_onnx, output, opset, batch, with_postprocess, atten
 @click.option("--requests", "num_requests", type=int, default=None, help="--server: requests per level (default 200).")
 @click.option("--seconds", type=float, default=None, help="--server: seconds per level (instead of --requests).")
 @click.option("--images", multiple=True, help="--server: image files/folders to send (default: synthetic pixels).")
+@client_options
 def bench(artifacts, batches, iters, warmup, device, precision, use_compile, json_out, csv_out, markdown_out,
-          reports, server, concurrency, num_requests, seconds, images):
+          reports, server, concurrency, num_requests, seconds, images, api_key, timeout):
     """Time ARTIFACTS (.pt, .onnx, .engine, presets): FPS, latency, stages, Table-2 columns."""
     from assd.bench.run import merge_reports, parse_batches, run_bench
 
@@ -82,7 +84,8 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
         if artifacts or reports:
             raise UserError("--server measures a running server: give no ARTIFACTS or --report with it")
         run_server_bench(server, parse_concurrency(concurrency), num_requests, seconds, list(images) or None,
-                         json_out=json_out, markdown_out=markdown_out, echo=click.echo)
+                         json_out=json_out, markdown_out=markdown_out, echo=click.echo, api_key=api_key,
+                         timeout=timeout)
         return
     if reports:
         merge_reports(list(reports), markdown_out=markdown_out, csv_out=csv_out, echo=click.echo)
@@ -106,22 +109,28 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
 @click.option("--device", default="auto", show_default=True)
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result as JSON.")
-def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch_size, device, limit, json_out):
+@client_options
+def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch_size, device, limit, json_out,
+                        api_key, timeout):
     """mAP of ARTIFACT (.onnx, .engine, .pt) vs the PyTorch reference on the same images; exit 1 when
     |Δ mAP| exceeds the tolerance."""
     from assd.data import data_spec_inputs
     from assd.evaluation.engine_parity import check_parity, eval_engine, print_parity
     from assd.paths import check_outputs
+    from assd.remote.client import is_server_url
     from assd.runtime.runners import artifact_files
     from assd.utils import atomic_write_json
 
-    served = artifact.startswith(("http://", "grpc://"))  # a model served by 'assd serve'
+    served = is_server_url(artifact)  # a model served by 'assd serve'
+    client = {}
     if served:
         from assd.serving.accuracy import eval_engine_via_server as eval_engine
+
+        client = {"api_key": api_key, "timeout": timeout}
     check_outputs([*([] if served else artifact_files(artifact)), *artifact_files(reference),
                    *data_spec_inputs(data_spec)], files={"--json": json_out})
     parity = eval_engine(artifact, data_spec, reference=reference, metric=metric, tolerance=tolerance,
-                         batch_size=batch_size, device=device, limit=limit)
+                         batch_size=batch_size, device=device, limit=limit, **client)
     print_parity(parity, artifact, reference, click.echo)
     if json_out:
         atomic_write_json(json_out, {"artifact_path": artifact, "reference_path": reference, "data": data_spec,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from assd.commands.serve import client_options
 from assd.errors import UserError
 
 
@@ -74,8 +75,9 @@ def _postprocess_click_options(score_threshold: float):
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @_postprocess_click_options(score_threshold=0.01)
+@client_options
 def eval_command(model_path, detections_path, data_spec, metric, json_out, limit, batch_size, device,
-                 score_threshold, nms_iou, top_k, max_detections):
+                 score_threshold, nms_iou, top_k, max_detections, api_key, timeout):
     """Per-class AP and mAP of a checkpoint (or of a detections file) on a dataset."""
     _check_batch_size(batch_size)  # options first: before the heavy imports
     from assd.data import data_spec_inputs, parse_data_spec
@@ -83,6 +85,7 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
     from assd.evaluation.report import ap_table
     from assd.evaluation.results_json import load_coco_results
     from assd.paths import check_outputs
+    from assd.remote.client import is_server_url
     from assd.runtime.runners import artifact_files
     from assd.utils import atomic_write_json
 
@@ -94,10 +97,11 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
     dataset = parse_data_spec(data_spec, train=False)
     if limit is not None:
         dataset = FirstImages(dataset, limit)
-    if model_path is not None and model_path.startswith(("http://", "grpc://")):  # served by 'assd serve'
+    if model_path is not None and is_server_url(model_path):  # served by 'assd serve'
         from assd.serving.accuracy import evaluate_via_server
 
-        result = evaluate_via_server(model_path, dataset, metric, pp_cfg, in_flight=batch_size)
+        result = evaluate_via_server(model_path, dataset, metric, pp_cfg, in_flight=batch_size, api_key=api_key,
+                                     timeout=timeout)
     elif model_path is not None:
         from assd.evaluation import predict_dataset
 

@@ -30,6 +30,7 @@ import torch
 
 from assd.errors import UserError
 from assd.models.config import ModelConfig
+from assd.remote.image_header import header_size
 from assd.runtime.postprocess import Detections, PostprocessConfig, detect
 
 INPUT_ENCODED = "image_bytes"
@@ -38,10 +39,19 @@ OUTPUTS = ("boxes", "scores", "classes", "count")
 OUTPUT_INFO = "model_info"
 PARAMETERS = {"score_threshold": float, "nms_iou": float, "top_k": int, "max_detections": int}  # name -> type
 MAX_ENCODED_BYTES = 32 * 2**20  # an encoded photo this large is not a photo: refused before decoding
-MAX_PIXELS = 64 * 2**20  # decoded images above 64 megapixels are refused (decompression bombs)
+MAX_PIXELS = 64 * 2**20  # images above 64 megapixels are refused, from their header before decoding
 MAX_SERVED_BATCH = 1024  # --max-batch of serve / export --triton: beyond it a batch is not a latency trade-off
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # what Triton (and pytriton) accept as a model name
 INFO_FORMAT = "assd-served-model"
+API_KEY_HEADER = "x-api-key"  # 'assd serve --api-key': Triton's restricted-API header (gRPC: with Triton's prefix)
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
+
+
+def api_key_headers(api_key: str | None, protocol: str) -> dict[str, str]:
+    """The request headers that carry ``api_key`` over ``protocol`` ("http" or "grpc"); {} without a key."""
+    if not api_key:
+        return {}
+    return {(API_KEY_HEADER if protocol == "http" else GRPC_HEADER_PREFIX + API_KEY_HEADER): api_key}
 
 
 def check_serving_options(model_name: str, max_batch: int) -> None:
@@ -64,8 +74,13 @@ def decode_image(data: bytes | np.bytes_, index: int = 0) -> np.ndarray:
     if len(data) > MAX_ENCODED_BYTES:
         raise BadRequest(f"image {index}: {len(data) / 2**20:.1f} MiB of encoded data is more than the "
                          f"{MAX_ENCODED_BYTES // 2**20} MiB accepted: send a smaller image")
+    if not data:
+        raise BadRequest(f"image {index}: 0 bytes: send JPEG/PNG/BMP/WebP/TIFF bytes")
+    declared = header_size(data)
+    if declared is not None:
+        check_size(*declared, index, "declares")
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
         image = None
     if image is None:
@@ -74,12 +89,17 @@ def decode_image(data: bytes | np.bytes_, index: int = 0) -> np.ndarray:
     return image[:, :, ::-1]  # BGR -> RGB, as assd.data.read_rgb_image
 
 
+def check_size(width: int, height: int, index: int = 0, verb: str = "has") -> None:
+    """BadRequest for an image of no pixels or more than MAX_PIXELS."""
+    if min(width, height) < 1 or width * height > MAX_PIXELS:
+        raise BadRequest(f"image {index}: {verb} {width}x{height} pixels: images must have 1 to "
+                         f"{MAX_PIXELS // 2**20} megapixels")
+
+
 def check_pixels(image: np.ndarray, index: int = 0) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise BadRequest(f"image {index}: expected uint8 [H, W, 3] RGB pixels, got {image.dtype} {list(image.shape)}")
-    if min(image.shape[:2]) < 1 or image.shape[0] * image.shape[1] > MAX_PIXELS:
-        raise BadRequest(f"image {index}: {image.shape[1]}x{image.shape[0]} pixels: images must be 1 to "
-                         f"{MAX_PIXELS // 2**20} megapixels")
+    check_size(image.shape[1], image.shape[0], index)
     return image
 
 

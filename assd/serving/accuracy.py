@@ -51,30 +51,35 @@ async def _predict_all(client: DetectionClient, dataset, postprocess_cfg: Postpr
 
 
 def predict_via_server(url: str, dataset, postprocess_cfg: PostprocessConfig | None = None, in_flight: int = 8,
-                       progress: bool = False) -> tuple[list[Detections], ServedModel, PostprocessConfig]:
+                       progress: bool = False, api_key: str | None = None,
+                       timeout: float = 60.0) -> tuple[list[Detections], ServedModel, PostprocessConfig]:
     """Detections (pixels) of every image of ``dataset`` through the server at ``url``, the served model's
-    description, and the thresholds used (``postprocess_cfg``, or the server's own when None)."""
+    description, and the thresholds used (``postprocess_cfg``, or the server's own when None). ``api_key``
+    (default ``$ASSD_API_KEY``) and ``timeout`` (seconds per request) go to the client."""
     if in_flight < 1:
         raise UserError(f"--batch-size {in_flight}: must be >= 1 (requests kept in flight)")
     address = parse_server_url(url, "--model")
 
     async def run():
-        async with DetectionClient(address, connections=max(100, in_flight)) as client:
+        connections = max(100, in_flight)
+        async with DetectionClient(address, connections=connections, api_key=api_key, timeout=timeout) as client:
             return await _predict_all(client, dataset, postprocess_cfg, in_flight, progress)
 
     return asyncio.run(run())
 
 
 def evaluate_via_server(url: str, dataset, metric: str | None, postprocess_cfg: PostprocessConfig | None,
-                        in_flight: int = 8, progress: bool = True) -> EvalResult:
+                        in_flight: int = 8, progress: bool = True, api_key: str | None = None,
+                        timeout: float = 60.0) -> EvalResult:
     """``assd eval --model URL``: the mAP of the served model on ``dataset``."""
-    detections, _, used = predict_via_server(url, dataset, postprocess_cfg, in_flight, progress)
+    detections, _, used = predict_via_server(url, dataset, postprocess_cfg, in_flight, progress, api_key, timeout)
     return evaluate_detections(detections, dataset, metric, used)
 
 
 def eval_engine_via_server(url: str, data_spec: str, reference: str | None = None, metric: str | None = None,
                            tolerance: float | None = None, batch_size: int = 8, device: str | None = "auto",
-                           limit: int | None = None, progress: bool = True) -> EngineParity:
+                           limit: int | None = None, progress: bool = True, api_key: str | None = None,
+                           timeout: float = 60.0) -> EngineParity:
     """``assd eval-engine URL``: as ``eval_engine``, with the served model in place of a local artifact."""
     from assd.data import parse_data_spec
     from assd.runtime.runners import open_runner
@@ -84,7 +89,8 @@ def eval_engine_via_server(url: str, data_spec: str, reference: str | None = Non
         if limit < 1:
             raise UserError(f"--limit {limit}: must be at least 1")
         dataset = FirstImages(dataset, limit)
-    served_dets, served, postprocess_cfg = predict_via_server(url, dataset, None, batch_size, progress)
+    served_dets, served, postprocess_cfg = predict_via_server(url, dataset, None, batch_size, progress, api_key,
+                                                              timeout)
     precision = served.described.get("precision", "fp32")
     tolerance = TOLERANCE_POINTS.get(precision, 1.0) if tolerance is None else tolerance
     parity = EngineParity(evaluate_detections(served_dets, dataset, metric, postprocess_cfg), None, precision, tolerance)

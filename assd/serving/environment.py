@@ -1,5 +1,5 @@
 """What serving needs from this machine: the ``serve`` extra, a Python-backend stub that runs *this*
-interpreter, and loopback-only addresses.
+interpreter, and free ports.
 
 The stub problem. ``tritonserver`` runs Python models in ``triton_python_backend_stub``, a separate
 program that embeds Python. nvidia-pytriton ships one stub per Python minor version, each linked
@@ -20,7 +20,7 @@ import socket
 import sysconfig
 
 from assd.errors import UserError
-from assd.remote.checks import SERVE_EXTRA_HINT, is_loopback, require_loopback, require_serve_extra  # noqa: F401
+from assd.remote.checks import SERVE_EXTRA_HINT, is_loopback, require_serve_extra  # noqa: F401
 
 
 def python_library_dir() -> str | None:

@@ -123,8 +123,8 @@ async def _level(client: DetectionClient, payloads: list, concurrency: int, max_
             **percentiles, **server_side(before, after)}
 
 
-async def _run(address, payloads, levels, max_requests, max_seconds, echo) -> list[dict]:
-    async with DetectionClient(address, connections=max(levels)) as client:
+async def _run(address, payloads, levels, max_requests, max_seconds, echo, client_options: dict) -> list[dict]:
+    async with DetectionClient(address, connections=max(levels), **client_options) as client:
         await client.check_ready()
         warmup = 2 * max(levels)
         await _level(client, payloads, max(levels), warmup, max_seconds)  # untimed: connections, first batches
@@ -153,15 +153,18 @@ def to_markdown(rows: list[dict]) -> str:
 
 def run_server_bench(url: str, levels: list[int], requests: int | None = None, seconds: float | None = None,
                      images: list[str] | None = None, json_out: str | None = None, markdown_out: str | None = None,
-                     echo: Callable[[str], None] = print) -> dict:
-    """Load the model at ``url`` at every concurrency of ``levels``; returns the report (written where asked)."""
+                     echo: Callable[[str], None] = print, api_key: str | None = None,
+                     timeout: float = 60.0) -> dict:
+    """Load the model at ``url`` at every concurrency of ``levels``; returns the report (written where asked).
+    ``api_key`` (default ``$ASSD_API_KEY``) and ``timeout`` (seconds per request) go to the client."""
     address = parse_server_url(url, "--server")
     max_requests, max_seconds = bounds(requests, seconds)
     check_outputs(list(images or []), files={"--json": json_out, "--markdown": markdown_out})
     payloads, payload_name = load_payloads(images)
     bound = f"{max_requests} requests" if seconds is None else f"{max_seconds:g} s"
     echo(f"loading {address} with {payload_name}: concurrency {levels}, {bound} per level")
-    rows = asyncio.run(_run(address, payloads, levels, max_requests, max_seconds, echo))
+    rows = asyncio.run(_run(address, payloads, levels, max_requests, max_seconds, echo,
+                            {"api_key": api_key, "timeout": timeout}))
     report = {"format": REPORT_FORMAT, "assd_version": assd.__version__, "command": " ".join(["assd", *sys.argv[1:]]),
               "server": str(address), "payload": payload_name, "client_host": platform.node(), "rows": rows}
     echo(to_markdown(rows))
@@ -174,5 +177,5 @@ def run_server_bench(url: str, levels: list[int], requests: int | None = None, s
     failed = sum(row["errors"] for row in rows)
     if failed:
         first = next(row["first_error"] for row in rows if row["first_error"])
-        raise CheckFailed(f"{failed} requests failed (first: {first})")
+        raise CheckFailed(f"{address}: {failed} requests failed (first: {first})")
     return report

@@ -1,57 +1,50 @@
 """``assd serve``: a checkpoint, ``.onnx`` or ``.engine`` behind a real Triton Inference Server.
 
-nvidia-pytriton starts the ``tritonserver`` it bundles and binds our inference callable as a model:
-Triton owns HTTP/gRPC, health/ready, Prometheus metrics, statistics and dynamic batching; each model
-instance (``--instances``) is a ``DetectorCallable`` around its own runner, which decodes the images of
-the batch Triton formed, pre-processes them on the runner's device (``assd.runtime.preprocess``),
-runs the network and decodes + NMS (``assd.runtime.postprocess``) — the code ``assd eval`` runs, so
-served detections are the direct runner's. The request/response contract is ``protocol.py``.
+nvidia-pytriton starts the ``tritonserver`` it bundles on a model repository written here: one
+Python-backend model (``triton_python/serve_model.py``) whose instances (``--instances``) each hold
+their own runner (``assd.serving.served``). Triton owns HTTP/gRPC, health/ready, Prometheus metrics,
+statistics and dynamic batching; each instance decodes the requests of the batch Triton formed, one
+by one, answers a malformed one with its own error, pre-processes the rest on the runner's device
+(``assd.runtime.preprocess``), runs the network and decodes + NMS (``assd.runtime.postprocess``) —
+the code ``assd eval`` runs, so served detections are the direct runner's. The contract is
+``assd.remote.protocol``; access control and TLS are ``access.py``.
 
-pytriton answers errors per batch: a request Triton itself refuses (unknown model, wrong dtype or
-shape, batch too large) never reaches the model, but one whose bytes are not an image fails together
-with the requests dynamic batching put beside it. The server keeps serving either way.
+(pytriton's own ``bind`` of a Python callable answers errors per *batch*: one bad request failed every
+request batched with it. A native Python-backend model answers each request, hence this design.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import torch
 
+import assd
 from assd.errors import CheckFailed, UserError
-from assd.models.assd import priors_for
 from assd.remote.protocol import (
     INPUT_ENCODED,
     INPUT_PIXELS,
+    MAX_PIXELS,
     OUTPUT_INFO,
-    BadRequest,
+    OUTPUTS,
     check_serving_options,
-    detect_in_pixels,
-    model_info,
-    pack_detections,
-    request_images,
-    request_postprocess,
 )
 from assd.runtime.postprocess import PostprocessConfig
-from assd.runtime.preprocess import preprocess
 from assd.runtime.runners import Runner, open_runner
-from assd.serving.environment import (
-    check_port_free,
-    require_loopback,
-    require_serve_extra,
-    use_this_interpreter_for_stubs,
-)
+from assd.serving import access, workspace
+from assd.serving.environment import check_port_free, require_serve_extra, use_this_interpreter_for_stubs
 
 MAX_INSTANCES = 64  # model instances (each holds its own runner and weights)
-
-# Triton endpoints that stay behind pytriton's access token; statistics stay open (assd bench --server).
-PROTECTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
+SERVE_MODEL = Path(__file__).parent / "triton_python" / "serve_model.py"
 
 
 @dataclass(frozen=True)
@@ -65,81 +58,69 @@ class ServeOptions:
     instances: int = 1
     model_name: str = "assd"
     device: str = "auto"
+    api_key: str | None = None
+    grpc_ssl_cert: str | None = None
+    grpc_ssl_key: str | None = None
+    grpc_ssl_root: str | None = None
 
-    def check(self) -> None:
-        require_loopback(self.host, "--host")
+    def check(self) -> dict:
+        """UserError for bad options; returns the gRPC TLS settings."""
         check_serving_options(self.model_name, self.max_batch)
+        if self.api_key is not None:
+            access.check_key(self.api_key, "--api-key")
         for option, value, least, most in (("--instances", self.instances, 1, MAX_INSTANCES),
                                            ("--max-queue-delay-us", self.max_queue_delay_us, 0, 10**7)):
             if not least <= value <= most:
                 raise UserError(f"{option} {value}: must be in {least}..{most}")
+        tls = access.tls_settings(self.grpc_ssl_cert, self.grpc_ssl_key, self.grpc_ssl_root)
         ports = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
         if len(set(ports.values())) != len(ports):
             raise UserError(f"{', '.join(f'{k} {v}' for k, v in ports.items())}: the three ports must differ")
         for option, port in ports.items():
             check_port_free(self.host, port, option)
+        return tls
+
+    def triton_config(self, tls: dict):
+        """pytriton's ``TritonConfig`` (addresses, ports, TLS, metrics)."""
+        from pytriton.triton import TritonConfig
+
+        return TritonConfig(http_address=self.host, http_port=self.http_port, grpc_address=self.host,
+                            grpc_port=self.grpc_port, metrics_address=self.host, metrics_port=self.metrics_port,
+                            allow_gpu_metrics=torch.cuda.is_available(), exit_timeout_secs=10, log_verbose=0, **tls)
 
 
-class DetectorCallable:
-    """The inference callable of one model instance: a batch of Triton requests -> detections.
-
-    Every image of every request goes through one pre-processing, one network call and one decode +
-    NMS per distinct threshold setting; the outputs are padded to ``rows`` per image.
-    """
-
-    def __init__(self, runner: Runner, postprocess_cfg: PostprocessConfig, rows: int, info_json: str):
-        self.runner, self.cfg, self.postprocess_cfg, self.rows = runner, runner.cfg, postprocess_cfg, rows
-        self.priors = priors_for(runner.cfg).to(runner.device)
-        self.info = np.array([info_json.encode()], dtype=np.object_)
-        # A fixed-batch ONNX file takes exactly its batch: the batch is padded up to it (the padding's
-        # outputs are dropped). The TensorRT runner pads to its profile's minimum itself.
-        self.pad_to = runner.max_batch if runner.backend.startswith("onnxruntime") else None
-
-    def __call__(self, requests) -> list[dict[str, np.ndarray]]:
-        images, counts, settings = [], [], []
-        for number, request in enumerate(requests):
-            try:
-                request_imgs = request_images(request.data)
-                setting = request_postprocess(request.parameters, self.postprocess_cfg, self.rows, self.cfg.num_classes)
-            except BadRequest as exc:
-                raise BadRequest(f"request {number + 1} of a batch of {len(requests)}: {exc}") from None
-            images += request_imgs
-            counts.append(len(request_imgs))
-            settings += [setting] * len(request_imgs)
-        detections = self.detect(images, settings)
-        responses, start = [], 0
-        for request, count in zip(requests, counts):
-            mine, start = detections[start:start + count], start + count
-            response = pack_detections(mine, self.rows)
-            if OUTPUT_INFO in (request.requested_output_names or ()):
-                response[OUTPUT_INFO] = np.repeat(self.info[None], len(mine), axis=0)
-            responses.append(response)
-        return responses
-
-    def detect(self, images: list[np.ndarray], settings: list[PostprocessConfig]):
-        with torch.inference_mode():
-            batch = preprocess(images, self.cfg, self.runner.device)
-            if self.pad_to and len(images) < self.pad_to:
-                padding = batch.new_zeros((self.pad_to - len(images), *batch.shape[1:]))
-                batch = torch.cat([batch, padding])
-            loc, conf = self.runner.infer(batch)
-            loc, conf = loc[: len(images)].to(self.runner.device), conf[: len(images)].to(self.runner.device)
-            sizes = [image.shape[:2] for image in images]
-            return detect_in_pixels(loc, conf, sizes, self.cfg, settings, self.priors)
+def serve_model_config(pb, options: ServeOptions, artifact: str, max_batch: int, rows: int):
+    """The ``config.pbtxt`` (Triton's ``ModelConfig`` protobuf) of the served model."""
+    config = pb.ModelConfig(name=options.model_name, backend="python", max_batch_size=max_batch)
+    for name, data_type, dims in ((INPUT_ENCODED, "TYPE_STRING", [1]), (INPUT_PIXELS, "TYPE_UINT8", [-1, -1, 3])):
+        tensor = config.input.add(name=name, data_type=pb.DataType.Value(data_type), optional=True)
+        tensor.dims.extend(dims)
+    dims = {"boxes": [rows, 4], "scores": [rows], "classes": [rows], "count": [1], OUTPUT_INFO: [1]}
+    types = {"boxes": "TYPE_FP32", "scores": "TYPE_FP32", "classes": "TYPE_INT64", "count": "TYPE_INT64",
+             OUTPUT_INFO: "TYPE_STRING"}
+    for name in (*OUTPUTS, OUTPUT_INFO):
+        config.output.add(name=name, data_type=pb.DataType.Value(types[name])).dims.extend(dims[name])
+    config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    config.instance_group.add(count=options.instances, kind=pb.ModelInstanceGroup.Kind.KIND_CPU)
+    described = {"model_name": options.model_name, "max_batch": max_batch}
+    for key, value in (("assd_artifact", str(Path(artifact).resolve()) if Path(artifact).exists() else artifact),
+                       ("assd_device", options.device), ("assd_described", json.dumps(described)),
+                       ("assd_max_pixels", str(MAX_PIXELS)), ("assd_root", str(Path(assd.__file__).parents[1]))):
+        config.parameters[key].string_value = value
+    return config
 
 
-def model_tensors(rows: int):
-    """pytriton's input and output specifications (``protocol.py``)."""
-    from pytriton.model_config import Tensor
+def write_serve_repository(folder: Path, options: ServeOptions, artifact: str, max_batch: int, rows: int) -> Path:
+    """``folder/models/<name>/{config.pbtxt, 1/model.py}``; returns the repository folder."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as pb
 
-    inputs = [Tensor(name=INPUT_ENCODED, dtype=np.bytes_, shape=(1,), optional=True),
-              Tensor(name=INPUT_PIXELS, dtype=np.uint8, shape=(-1, -1, 3), optional=True)]
-    outputs = [Tensor(name="boxes", dtype=np.float32, shape=(rows, 4)),
-               Tensor(name="scores", dtype=np.float32, shape=(rows,)),
-               Tensor(name="classes", dtype=np.int64, shape=(rows,)),
-               Tensor(name="count", dtype=np.int64, shape=(1,)),
-               Tensor(name=OUTPUT_INFO, dtype=np.bytes_, shape=(1,))]
-    return inputs, outputs
+    repository = folder / "models"
+    (repository / options.model_name / "1").mkdir(parents=True)
+    config = serve_model_config(pb, options, artifact, max_batch, rows)
+    (repository / options.model_name / "config.pbtxt").write_text(text_format.MessageToString(config))
+    shutil.copyfile(SERVE_MODEL, repository / options.model_name / "1" / "model.py")
+    return repository
 
 
 @contextlib.contextmanager
@@ -153,69 +134,112 @@ def stop_on_signals(stop: threading.Event):
             signal.signal(sig, handler)
 
 
-def _server_log_tail(triton, lines: int = 15) -> str:
-    server = getattr(triton, "_triton_server", None)  # pytriton keeps tritonserver's output here
-    log = getattr(server, "_tritonserver_logs", "") or ""
-    return "\n".join(log.strip().splitlines()[-lines:])
+class ServerLog:
+    """tritonserver's log file (``--log-file``): new lines are passed on to ``echo`` as they come."""
+
+    def __init__(self, path: Path, echo: Callable[[str], None]):
+        self.path, self.echo, self.offset = path, echo, 0
+
+    def forward(self) -> None:
+        try:
+            with self.path.open("rb") as log:
+                log.seek(self.offset)
+                text = log.read()
+        except OSError:
+            return
+        complete = text.rfind(b"\n") + 1
+        self.offset += complete
+        for line in text[:complete].decode(errors="replace").splitlines():
+            self.echo(line)
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.path.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return ""
 
 
-def serve(artifact: str, options: ServeOptions = ServeOptions(), echo: Callable[[str], None] = print) -> None:
-    """Serve ``artifact`` until SIGINT or SIGTERM; see the module docstring."""
-    options.check()
-    require_serve_extra("assd serve")
+def check_artifact(artifact: str, options: ServeOptions, echo: Callable[[str], None]) -> tuple[Runner, int, int]:
+    """(runner, max batch, detection rows) of ``artifact``; UserError for what cannot be served."""
     runner = open_runner(artifact, device=options.device)
     if runner.outputs != "raw":
         raise UserError(f"{artifact}: exported --with-postprocess (it outputs padded detections); assd serve runs "
                         "the decode and NMS itself: serve an export without --with-postprocess")
-    runners = [runner] + [open_runner(artifact, device=options.device) for _ in range(options.instances - 1)]
     max_batch = min(options.max_batch, runner.max_batch or options.max_batch)
     if max_batch < options.max_batch:
         echo(f"note: {artifact} accepts batches up to {runner.max_batch}: --max-batch lowered to {max_batch}")
-    postprocess_cfg = PostprocessConfig.from_dict(runner.postprocess)
-    rows = postprocess_cfg.max_per_image(runner.cfg.num_classes)
-    info = model_info(runner.cfg, postprocess_cfg, rows, model_name=options.model_name, artifact=str(artifact),
-                      backend=runner.backend, precision=runner.precision, max_batch=max_batch)
-    callables = [DetectorCallable(r, postprocess_cfg, rows, info) for r in runners]
+    rows = PostprocessConfig.from_dict(runner.postprocess).max_per_image(runner.cfg.num_classes)
+    return runner, max_batch, rows
 
-    use_this_interpreter_for_stubs()
-    logging.getLogger("pytriton").setLevel(logging.WARNING)
-    from pytriton.model_config import DynamicBatcher, ModelConfig
-    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
-    config = TritonConfig(http_address=options.host, http_port=options.http_port, grpc_address=options.host,
-                          grpc_port=options.grpc_port, metrics_address=options.host, metrics_port=options.metrics_port,
-                          allow_gpu_metrics=torch.cuda.is_available(), exit_timeout_secs=10, log_verbose=0)
-    inputs, outputs = model_tensors(rows)
-    batching = ModelConfig(max_batch_size=max_batch,
-                           batcher=DynamicBatcher(max_queue_delay_microseconds=options.max_queue_delay_us))
-    stop = threading.Event()
-    with stop_on_signals(stop):
-        triton = Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=PROTECTED_ENDPOINTS))
-        try:
-            triton.bind(model_name=options.model_name, infer_func=callables, inputs=inputs, outputs=outputs,
-                        config=batching, strict=False)
-            try:
-                triton.run()
-            except Exception as exc:  # noqa: BLE001 - pytriton raises several types; all mean "did not start"
-                raise CheckFailed(f"tritonserver did not start ({type(exc).__name__}: {exc}); its log ends:\n"
-                                  f"{_server_log_tail(triton)}") from None
-            _echo_ready(echo, artifact, runner, options, max_batch)
-            while not stop.wait(0.5):
-                if not triton.is_alive():
-                    raise CheckFailed(f"tritonserver stopped unexpectedly; its log ends:\n{_server_log_tail(triton)}")
-        finally:
-            echo("stopping tritonserver ...")
-            triton.stop()
+def serve(artifact: str, options: ServeOptions = ServeOptions(), echo: Callable[[str], None] = print,
+          log: Callable[[str], None] | None = None) -> None:
+    """Serve ``artifact`` until SIGINT or SIGTERM; see the module docstring. ``log`` receives tritonserver's
+    log lines (default: ``echo``)."""
+    tls = options.check()
+    require_serve_extra("assd serve")
+    warning = access.open_address_warning(options.host, options.api_key)
+    if warning:
+        echo(warning)
+    runner, max_batch, rows = check_artifact(artifact, options, echo)
+    described = f"{runner.backend} {runner.precision}, {runner.device}"
+    del runner  # each model instance opens its own
+    for stale in workspace.remove_stale():
+        echo(f"removed {stale}: left behind by a server that was killed")
+    folder = workspace.make_workspace(os.getpid())
+    try:
+        repository = write_serve_repository(folder, options, artifact, max_batch, rows)
+        _run(options, tls, repository, folder, ServerLog(folder / "tritonserver.log", log or echo),
+             lambda: _echo_ready(echo, artifact, described, options, max_batch), echo)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     echo("stopped")
 
 
-def _echo_ready(echo, artifact, runner: Runner, options: ServeOptions, max_batch: int) -> None:
+def _run(options: ServeOptions, tls: dict, repository: Path, folder: Path, server_log: ServerLog,
+         ready: Callable[[], None], echo: Callable[[str], None]) -> None:
+    use_this_interpreter_for_stubs()
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))  # inherited by the model's stubs
+    logging.getLogger("pytriton").setLevel(logging.WARNING)
+    from pytriton.triton import Triton
+
+    config = options.triton_config(tls)
+    config.model_repository, config.log_file = repository, server_log.path
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        with access.pytriton_header(options.api_key):
+            triton = Triton(config=config, security_config=access.security_config(options.api_key),
+                            workspace=folder / "pytriton")
+        try:
+            try:
+                with access.pytriton_header(options.api_key):
+                    triton.run()
+            except Exception as exc:  # noqa: BLE001 - pytriton raises several types; all mean "did not start"
+                server_log.forward()
+                raise CheckFailed(f"tritonserver did not start ({type(exc).__name__}: {str(exc)[:300]}); its log "
+                                  f"ends:\n{server_log.tail()}") from None
+            server_log.forward()
+            ready()
+            while not stop.wait(0.5):
+                server_log.forward()
+                if not triton.is_alive():
+                    raise CheckFailed(f"tritonserver stopped unexpectedly; its log ends:\n{server_log.tail()}")
+        finally:
+            echo("stopping tritonserver ...")
+            triton.stop()
+            server_log.forward()
+
+
+def _echo_ready(echo, artifact: str, described: str, options: ServeOptions, max_batch: int) -> None:
     host = f"[{options.host}]" if ":" in options.host else options.host
-    echo(f"serving {artifact} [{runner.backend} {runner.precision}, {runner.device}] as model "
+    grpc = "grpcs" if options.grpc_ssl_cert else "grpc"
+    echo(f"serving {artifact} [{described}] as model "
          f"'{options.model_name}': {options.instances} instance(s), max batch {max_batch}, queue delay "
          f"{options.max_queue_delay_us} us")
     echo(f"  HTTP    http://{host}:{options.http_port}/{options.model_name}   "
          f"(health: /v2/health/ready, stats: /v2/models/{options.model_name}/stats)")
-    echo(f"  gRPC    grpc://{host}:{options.grpc_port}/{options.model_name}")
+    echo(f"  gRPC    {grpc}://{host}:{options.grpc_port}/{options.model_name}")
     echo(f"  metrics http://{host}:{options.metrics_port}/metrics")
+    if options.api_key:
+        echo(f"  access  every endpoint but /v2/health/* needs the header '{access.API_KEY_HEADER}: KEY'")
     echo("ready (Ctrl-C or SIGTERM stops it)")
