@@ -96,12 +96,12 @@ class FakeStream:
         self.pending = []  # launched work not yet run
         self.waited = set()  # streams this one waited for since its last launch
 
-    def wait_stream(self, other: FakeStream):
+    def wait_stream(self, stream: FakeStream):
         self.cuda.check_error()
         if self.cuda.capturing is not None and self.cuda.capturing[1] is self:
             self.cuda.forbid_in_capture("waiting on work outside the capture")
-        other.flush()  # what ``other`` launched so far happens before what this stream does next
-        self.waited.add(other)
+        stream.flush()  # what ``stream`` launched so far happens before what this one does next
+        self.waited.add(stream)
 
     def synchronize(self):
         self.cuda.forbid_in_capture("stream.synchronize()")

@@ -285,3 +285,21 @@ def test_detections_engine_returns_padded_detections_and_refuses_raw_infer(fake)
     assert [len(d) for d in stricter] == [0, 1, 1]
     with pytest.raises(UserError, match="only a higher score threshold or fewer detections"):
         result.unpad(PostprocessConfig(nms_iou=0.5, max_detections=4))
+
+
+def test_the_fake_cuda_offers_only_torch_cuda_api_with_its_parameter_names():
+    import inspect
+
+    from fake_cuda import FakeGraph, FakeStream
+
+    real = {FakeCuda: torch.cuda, FakeStream: torch.cuda.Stream, FakeGraph: torch.cuda.CUDAGraph}
+    for fake, torch_side in real.items():
+        for name, member in vars(fake).items():
+            if name.startswith("_") or not callable(member) or name in ("check_error", "cudaGetLastError",
+                                                                         "invalidate_capture", "forbid_in_capture",
+                                                                         "launch", "flush"):
+                continue  # the fake's own machinery (cudaGetLastError stands for the CUDA runtime's)
+            params = list(inspect.signature(member).parameters)[0 if fake is FakeCuda else 1:]
+            params = [p for p in params if p != "self"]
+            real_params = [p for p in inspect.signature(getattr(torch_side, name)).parameters if p != "self"]
+            assert real_params[:len(params)] == params, (fake.__name__, name, params, real_params)
