@@ -117,6 +117,16 @@ def test_a_post_release_is_the_same_tensorrt_version():
     check_compatible(_info(tensorrt_version="10.3.0"), "10.3.0.post1", (8, 0), "NVIDIA A100")
 
 
+@pytest.mark.parametrize("built, here", [("10.3.0", "10.3.0.26"), ("10.3.0.26", "10.3.0"), ("10.3", "10.3.0.26")])
+@pytest.mark.parametrize("version_compatible", [False, True])
+def test_the_build_number_does_not_make_another_tensorrt(built, here, version_compatible):
+    """The tensorrt wheel says 10.3.0, its libraries and bindings 10.3.0.26: one release."""
+    check_compatible(_info(tensorrt_version=built, version_compatible=version_compatible), here, (8, 0), "NVIDIA A100")
+    if not version_compatible:
+        with pytest.raises(UserError, match="this machine has TensorRT 10.3.1"):
+            check_compatible(_info(tensorrt_version=built), "10.3.1", (8, 0), "NVIDIA A100")
+
+
 # ------------------------------------------------------------------------------------ 13: extras
 @pytest.mark.parametrize("cuda, extra", [("12.8", "tensorrt-cu12"), ("13.0", "tensorrt-cu13")])
 def test_install_hint_names_the_extra_for_torchs_cuda_major(monkeypatch, cuda, extra):
@@ -133,7 +143,10 @@ def test_pyproject_offers_one_tensorrt_extra_per_cuda_major():
     for name in tensorrt_support.EXTRAS.values():
         line = next(line for line in text.splitlines() if line.startswith(f"{name} = "))
         assert f'["{name}>=10' in line, line
-    assert text.count('"onnxruntime-gpu>=1.27;') == len(tensorrt_support.EXTRAS)
+    block = text[text.index("tensorrt-cu12 = "):text.index("tensorrt-cu13 = ")]
+    assert '"onnxruntime-gpu>=1.22,<1.27;' in block  # 1.26: the last CUDA 12 build on PyPI
+    block = text[text.index("tensorrt-cu13 = "):]
+    assert '"onnxruntime-gpu>=1.27;' in block.split("]")[0]  # 1.27+: CUDA 13 builds
 
 
 # ------------------------------------------------------------------------------------ 8: ORT providers
