@@ -14,7 +14,7 @@
 # synthetic label set, or CHECKPOINT evaluated on DATA when both are set) exported and built as fp32,
 # fp16 and int8 engines, each `assd eval-engine`d against the checkpoint and all benchmarked at
 # batch 1 and 8, with and without --cuda-graph. Every step runs under what is left of SMOKE_BUDGET
-# seconds (default 480) and is skipped, with the reason, once it is spent. docs/deployment.md has the
+# seconds (default 450, leaving time for the report) and is skipped, with the reason, once it is spent. docs/deployment.md has the
 # time estimate per step.
 #
 # Needs no network and installs nothing: the project runs from this checkout (PYTHONPATH) with the
@@ -39,7 +39,7 @@ set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SMOKE=False
 if [ "${1:-}" = "--smoke" ]; then SMOKE=True; shift; fi
-SMOKE_BUDGET=${SMOKE_BUDGET:-480}
+SMOKE_BUDGET=${SMOKE_BUDGET:-450}
 if [ "$SMOKE" = True ]; then OUT=${1:-runs/gpu-smoke}; else OUT=${1:-runs/gpu-acceptance}; fi
 MODELS=${MODELS:-assd321 assd513}
 BATCHES=${BATCHES:-1,8,32}
