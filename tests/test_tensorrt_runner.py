@@ -303,3 +303,13 @@ def test_the_fake_cuda_offers_only_torch_cuda_api_with_its_parameter_names():
             params = [p for p in params if p != "self"]
             real_params = [p for p in inspect.signature(getattr(torch_side, name)).parameters if p != "self"]
             assert real_params[:len(params)] == params, (fake.__name__, name, params, real_params)
+
+
+def test_the_cuda_error_is_read_from_the_runtime_torch_loaded():
+    """The real (not fake) cudaGetLastError binding: the libcudart mapped into this process by torch."""
+    from assd.runtime.tensorrt_execution import _CudaRuntime
+
+    path = _CudaRuntime._loaded_path()
+    if path is None:
+        pytest.skip("this torch loaded no CUDA runtime library (a CPU-only build)")
+    assert "libcudart.so" in path and isinstance(_CudaRuntime().cudaGetLastError(), int)

@@ -43,17 +43,29 @@ logger = logging.getLogger("assd.runtime")
 
 
 class _CudaRuntime:
-    """``cudaGetLastError`` of the CUDA runtime torch loaded: torch has no Python API for it. ``dlopen`` of
-    the soname torch's libraries link (``libcudart.so.<major>``) returns the already loaded library."""
+    """``cudaGetLastError`` of the CUDA runtime torch loaded: torch has no Python API for it. The library is
+    the ``libcudart`` mapped into this process (``/proc/self/maps``), else the soname torch links
+    (``dlopen`` of an already loaded library returns it)."""
 
     def __init__(self):
         self._library = None
 
-    def cudaGetLastError(self) -> int:
+    @staticmethod
+    def _loaded_path() -> str | None:
+        try:
+            with open("/proc/self/maps") as maps:
+                for line in maps:
+                    if "/libcudart.so" in line:
+                        return line.split()[-1]
+        except OSError:
+            pass
+        return None
+
+    def cudaGetLastError(self) -> int:  # the CUDA runtime's name
         if self._library is None:
-            major = (torch.version.cuda or "").split(".")[0]
+            name = self._loaded_path() or f"libcudart.so.{(torch.version.cuda or '').split('.')[0]}"
             try:
-                self._library = ctypes.CDLL(f"libcudart.so.{major}")
+                self._library = ctypes.CDLL(name)
             except OSError as exc:
                 logger.debug("cannot clear the CUDA error: %s", exc)
                 return 0
