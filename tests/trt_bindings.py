@@ -79,8 +79,13 @@ def bindings_dir(major: int) -> Path:
     target = cache_root() / f"{package}-{version}-{_pyver()}"
     if (target / "tensorrt_bindings" / "tensorrt.so").is_file():
         return target
-    cache_root().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_root()) as work:
+    try:
+        cache_root().mkdir(parents=True, exist_ok=True)
+        work_dir = tempfile.TemporaryDirectory(dir=cache_root())
+    except OSError as exc:
+        raise Unavailable(f"cannot write the cache folder {cache_root()} ({exc.strerror}): set "
+                          "ASSD_TRT_BINDINGS_CACHE to a writable folder") from None
+    with work_dir as work:
         work = Path(work)
         wheel = _download(package, version, work / "wheel")
         unpacked = work / "unpacked"
