@@ -2,10 +2,20 @@
 # GPU acceptance of assd in one command: environment, GPU tests, engines, benchmarks, engine accuracy.
 #
 #   scripts/gpu_acceptance.sh [OUT_DIR]            (default OUT_DIR: runs/gpu-acceptance)
+#   scripts/gpu_acceptance.sh --smoke [OUT_DIR]    (default OUT_DIR: runs/gpu-smoke; within 8 minutes)
 #
 # Writes OUT_DIR/report.md and OUT_DIR/report.json (environment, every step with its status and time,
-# the merged benchmark table) plus one log per step. Exit 0 when every step that could run passed
-# (steps this machine cannot run are listed as skipped, with the reason), 1 otherwise.
+# the merged benchmark table) plus one log per step, also when a step fails or the run is interrupted.
+# Exit 0 when every step that could run passed (steps this machine cannot run are listed as skipped,
+# with the reason), 1 otherwise.
+#
+# --smoke: the environment (what really loads: a CUDA op, a TensorRT builder, ONNX Runtime sessions),
+# the CUDA tests (pytest -m "gpu or tensorrt"), then one assd-mini checkpoint (random weights on the
+# synthetic label set, or CHECKPOINT evaluated on DATA when both are set) exported and built as fp32,
+# fp16 and int8 engines, each `assd eval-engine`d against the checkpoint and all benchmarked at
+# batch 1 and 8, with and without --cuda-graph. Every step runs under what is left of SMOKE_BUDGET
+# seconds (default 450, leaving time for the report) and is skipped, with the reason, once it is spent. docs/deployment.md has the
+# time estimate per step.
 #
 # Needs no network and installs nothing: the project runs from this checkout (PYTHONPATH) with the
 # first of $PYTHON, ./.venv/bin/python, python3 whose environment has assd's dependencies (a GPU image
@@ -27,7 +37,10 @@
 set -uo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${1:-runs/gpu-acceptance}
+SMOKE=False
+if [ "${1:-}" = "--smoke" ]; then SMOKE=True; shift; fi
+SMOKE_BUDGET=${SMOKE_BUDGET:-450}
+if [ "$SMOKE" = True ]; then OUT=${1:-runs/gpu-smoke}; else OUT=${1:-runs/gpu-acceptance}; fi
 MODELS=${MODELS:-assd321 assd513}
 BATCHES=${BATCHES:-1,8,32}
 ITERS=${ITERS:-20}
@@ -54,9 +67,15 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$OUT/steps.tsv"; }
 skip() { echo "skipped: $1: $2"; record "$1" skipped 0 "$2"; }
 step() {  # step NAME COMMAND...: run it, log to OUT/NAME.log, record ok/failed and the seconds taken
   local name=$1; shift
+  local limit=()
+  if [ "$SMOKE" = True ]; then  # the smoke run's budget bounds every step
+    local left=$((SMOKE_BUDGET - SECONDS))
+    if [ "$left" -lt 15 ]; then skip "$name" "the smoke budget of ${SMOKE_BUDGET}s is spent"; return; fi
+    limit=(timeout "$left")
+  fi
   echo "== $name: $*"
   local start=$SECONDS
-  if "$@" > "$OUT/$name.log" 2>&1; then
+  if "${limit[@]}" "$@" > "$OUT/$name.log" 2>&1; then
     record "$name" ok $((SECONDS - start)) "$*"; tail -n 3 "$OUT/$name.log"
   else
     record "$name" failed $((SECONDS - start)) "$* (see $name.log)"; tail -n 20 "$OUT/$name.log"
@@ -64,49 +83,109 @@ step() {  # step NAME COMMAND...: run it, log to OUT/NAME.log, record ok/failed 
 }
 
 # ---------------------------------------------------------------------------------------- environment
-"$PY" - "$OUT/environment.json" <<'EOF'
-import json, platform, shutil, subprocess, sys
-env = {"python": sys.version.split()[0], "platform": platform.platform()}
-try:
-    import torch
-    env.update(torch=torch.__version__, torch_cuda=torch.version.cuda, cuda_available=torch.cuda.is_available())
-    if torch.cuda.is_available():
-        env.update(gpu=torch.cuda.get_device_name(), compute_capability=".".join(map(str, torch.cuda.get_device_capability())))
-except Exception as exc:  # noqa: BLE001
-    env.update(torch=f"not importable ({exc})", cuda_available=False)
-if shutil.which("nvidia-smi"):
-    query = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                           capture_output=True, text=True)
-    env["nvidia_smi"] = query.stdout.strip() or query.stderr.strip()
-else:
-    env["nvidia_smi"] = "not found"
-import importlib.util
-if importlib.util.find_spec("tensorrt") is None:
-    env["tensorrt"] = "not installed"
-elif not env.get("cuda_available"):
-    env["tensorrt"] = "installed (not imported: no CUDA device)"
-else:
-    try:
-        import tensorrt
-        env["tensorrt"] = tensorrt.__version__
-    except Exception as exc:  # noqa: BLE001
-        env["tensorrt"] = f"not importable ({str(exc).splitlines()[0]})"
-try:
-    import onnxruntime
-    env.update(onnxruntime=onnxruntime.__version__, onnxruntime_providers=onnxruntime.get_available_providers())
-except Exception as exc:  # noqa: BLE001
-    env["onnxruntime"] = f"not importable ({exc})"
-json.dump(env, open(sys.argv[1], "w"), indent=2)
-for key, value in env.items():
-    print(f"{key:>22}: {value}")
-EOF
+"$PY" "$REPO/scripts/gpu_env.py" "$OUT/environment.json" 2> "$OUT/environment.log" \
+  || echo '{"cuda_available": false, "tensorrt": "environment probe failed (see environment.log)"}' > "$OUT/environment.json"
 env_value() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ''))" "$OUT/environment.json" "$1"; }
 HAS_CUDA=$(env_value cuda_available)
-TRT=$(env_value tensorrt)
-HAS_TRT=False
-[[ "$TRT" =~ ^[0-9] ]] && HAS_TRT=True
-HAS_ORT_CUDA=False
-[[ "$(env_value onnxruntime_providers)" == *CUDAExecutionProvider* ]] && HAS_ORT_CUDA=True
+TRT="$(env_value tensorrt) (builder: $(env_value tensorrt_builder))"
+HAS_TRT=$(env_value tensorrt_usable)
+HAS_ORT_CUDA=$(env_value onnxruntime_cuda_usable)
+# ---------------------------------------------------------------------------------------- report
+finish() {  # the EXIT trap: merge the benchmarks, write report.md/json; status 1 when a step failed
+  local status=$?
+  trap - EXIT
+  mapfile -t BENCH_FILES < <(ls "$OUT"/bench-*.json 2>/dev/null)
+  if [ "${#BENCH_FILES[@]}" -gt 0 ]; then
+    assd bench --report "${BENCH_FILES[@]}" --markdown "$OUT/bench-table.md" > "$OUT/bench-table.log" 2>&1 || true
+  fi
+  "$PY" - "$OUT" "$status" <<'EOF'
+import datetime, json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+env = json.loads((out / "environment.json").read_text())
+steps = []
+for line in ((out / "steps.tsv").read_text().splitlines() if (out / "steps.tsv").is_file() else []):
+    name, status, seconds, detail = line.split("\t", 3)
+    steps.append({"step": name, "status": status, "seconds": int(seconds), "detail": detail})
+if sys.argv[2] != "0":  # interrupted (a signal, a timeout) or stopped by an error outside any step
+    steps.append({"step": "run", "status": "failed", "seconds": 0,
+                  "detail": f"the script stopped early (exit status {sys.argv[2]}): later steps did not run"})
+evals = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("eval-engine-*.json"))}
+table = (out / "bench-table.md").read_text() if (out / "bench-table.md").is_file() else ""
+report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "environment": env, "steps": steps, "eval_engine": evals,
+          "bench_reports": sorted(p.name for p in out.glob("bench-*.json")),
+          "passed": all(s["status"] != "failed" for s in steps)}
+(out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+lines = ["# GPU acceptance report", "", f"Date (UTC): {report['date']}", "", "## Environment", "",
+         "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env.items()]
+lines += ["", "## Steps", "", "| step | status | seconds | detail |", "|---|---|---|---|"]
+lines += [f"| {s['step']} | {s['status']} | {s['seconds']} | {s['detail'].replace('|', '/')} |" for s in steps]
+if evals:
+    lines += ["", "## Engine accuracy (assd eval-engine)", "", "| engine | mAP | reference | Δ mAP (points) | passed |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {name} | {r['mAP_artifact']:.4f} | {r['mAP_reference']:.4f} | {r['delta_mAP_points']:+.2f} | "
+              f"{r['passed']} |" for name, r in evals.items()]
+if table:
+    lines += ["", "## Benchmarks (assd bench, merged)", "", table]
+(out / "report.md").write_text("\n".join(lines) + "\n")
+skipped = [s for s in steps if s["status"] == "skipped"]
+failed = [s for s in steps if s["status"] == "failed"]
+print(f"report: {out / 'report.md'} and {out / 'report.json'}: {len(steps) - len(skipped) - len(failed)} steps ok, "
+      f"{len(failed)} failed, {len(skipped)} skipped")
+for s in skipped:
+    print(f"  skipped {s['step']}: {s['detail']}")
+sys.exit(1 if failed else 0)
+EOF
+  exit $?
+}
+
+trap finish EXIT  # the report is written whatever happens from here on
+
+# ---------------------------------------------------------------------------------------- smoke run
+if [ "$SMOKE" = True ]; then
+  if [ "$HAS_CUDA" = True ]; then
+    step pytest-gpu "$PY" -m pytest -q -rs -m "gpu or tensorrt" "$REPO/tests"
+  else
+    skip pytest-gpu "no usable CUDA GPU (torch: $(env_value torch); CUDA: $(env_value cuda))"
+  fi
+  if [ "$HAS_CUDA" = True ] && [ "$HAS_TRT" = True ]; then
+    if [ -n "$CHECKPOINT" ] && [ -n "$DATA" ]; then  # a trained model: a meaningful mAP comparison
+      cp "$CHECKPOINT" "$OUT/mini.pt"
+      SMOKE_DATA=$DATA SMOKE_CALIB=${CHECKPOINT_CALIB_DATA:-synthetic:16}
+    else  # random assd-mini weights on the synthetic label set: the engine path end to end, mAP ~0 on both sides
+      step mini-checkpoint "$PY" -c "import sys, torch; from assd.models import build_model, get_config; \
+from assd.models.checkpoint import save_checkpoint; from assd.data.synthetic import SYNTHETIC_CLASSES; \
+torch.manual_seed(0); \
+save_checkpoint(build_model(get_config('assd-mini', class_names=SYNTHETIC_CLASSES)).eval(), sys.argv[1])" \
+        "$OUT/mini.pt"
+      SMOKE_DATA=synthetic:16 SMOKE_CALIB=synthetic:16
+    fi
+    step export-mini assd export "$OUT/mini.pt" --onnx -o "$OUT/mini.onnx"
+    engines=()
+    for precision in fp32 fp16 int8; do
+      extra=()
+      [ "$precision" = int8 ] && extra=(--calib-data "$SMOKE_CALIB" --calib-images 16)
+      step "build-mini-$precision" assd build-engine "$OUT/mini.onnx" "--$precision" --batch 1:8:8 \
+        --timing-cache "$OUT/timing.cache" -o "$OUT/mini.$precision.engine" "${extra[@]}"
+      [ -f "$OUT/mini.$precision.engine" ] || continue
+      engines+=("$OUT/mini.$precision.engine")
+      step "eval-engine-mini-$precision" assd eval-engine "$OUT/mini.$precision.engine" --data "$SMOKE_DATA" \
+        --limit 64 --reference "$OUT/mini.pt" --device cuda --json "$OUT/eval-engine-mini-$precision.json"
+    done
+    if [ "${#engines[@]}" -gt 0 ]; then
+      step bench-engines-mini assd bench "${engines[@]}" --device cuda --batch 1,8 --iters 20 \
+        --json "$OUT/bench-engines-mini.json"
+      step bench-engines-mini-cuda-graph assd bench "${engines[@]}" --device cuda --batch 1,8 --iters 20 \
+        --cuda-graph --json "$OUT/bench-engines-mini-cuda-graph.json"
+    else
+      skip bench-engines-mini "no engine was built (see the build-mini-* logs)"
+    fi
+  else
+    skip engines-mini "needs a usable CUDA GPU and TensorRT builder (CUDA: $HAS_CUDA; TensorRT: $TRT): export, \
+build-engine fp32/fp16/int8, eval-engine and bench at batch 1 and 8"
+  fi
+  exit 0  # finish (the EXIT trap) writes the report and sets the status
+fi
 
 # ---------------------------------------------------------------------------------------- GPU tests
 if [ "$HAS_CUDA" = True ]; then
@@ -147,10 +226,14 @@ if [ "$HAS_CUDA" = True ] && [ "$HAS_TRT" = True ]; then
     done
     if [ "$HAS_ORT_CUDA" != True ]; then
       artifacts=("${artifacts[@]:1}")
-      skip "bench-ort-cuda-$model" "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+      skip "bench-ort-cuda-$model" "ONNX Runtime's CUDA provider does not load (a session asked for it runs on \
+$(env_value onnxruntime_cuda_session)): install the onnxruntime-gpu of torch's CUDA major"
     fi
     step "bench-engines-$model" assd bench "${artifacts[@]}" --device cuda --batch "$BATCHES" --iters "$ITERS" \
       --json "$OUT/bench-engines-$model.json"
+    engines=("$OUT/$model".*.engine)
+    [ -f "${engines[0]}" ] && step "bench-engines-$model-cuda-graph" assd bench "${engines[@]}" --device cuda \
+      --batch "$BATCHES" --iters "$ITERS" --cuda-graph --json "$OUT/bench-engines-$model-cuda-graph.json"
   done
 else
   skip engines "TensorRT: $TRT${HAS_CUDA:+, CUDA available: $HAS_CUDA} (export/build-engine/bench of fp32, fp16, int8 engines)"
@@ -174,43 +257,4 @@ else
   skip eval-engine "needs a CUDA GPU, TensorRT, CHECKPOINT=trained.pt, DATA=spec and CHECKPOINT_CALIB_DATA=training spec (have: CUDA $HAS_CUDA, TensorRT $TRT, CHECKPOINT '${CHECKPOINT}', DATA '${DATA}', CHECKPOINT_CALIB_DATA '${CHECKPOINT_CALIB_DATA}')"
 fi
 
-# ---------------------------------------------------------------------------------------- report
-mapfile -t BENCH_FILES < <(ls "$OUT"/bench-*.json 2>/dev/null)
-if [ "${#BENCH_FILES[@]}" -gt 0 ]; then
-  assd bench --report "${BENCH_FILES[@]}" --markdown "$OUT/bench-table.md" > /dev/null 2>&1 || true
-fi
-"$PY" - "$OUT" <<'EOF'
-import datetime, json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-env = json.loads((out / "environment.json").read_text())
-steps = []
-for line in (out / "steps.tsv").read_text().splitlines():
-    name, status, seconds, detail = line.split("\t", 3)
-    steps.append({"step": name, "status": status, "seconds": int(seconds), "detail": detail})
-evals = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("eval-engine-*.json"))}
-table = (out / "bench-table.md").read_text() if (out / "bench-table.md").is_file() else ""
-report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "environment": env, "steps": steps, "eval_engine": evals,
-          "bench_reports": sorted(p.name for p in out.glob("bench-*.json")),
-          "passed": all(s["status"] != "failed" for s in steps)}
-(out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-lines = ["# GPU acceptance report", "", f"Date (UTC): {report['date']}", "", "## Environment", "",
-         "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env.items()]
-lines += ["", "## Steps", "", "| step | status | seconds | detail |", "|---|---|---|---|"]
-lines += [f"| {s['step']} | {s['status']} | {s['seconds']} | {s['detail'].replace('|', '/')} |" for s in steps]
-if evals:
-    lines += ["", "## Engine accuracy (assd eval-engine)", "", "| engine | mAP | reference | Δ mAP (points) | passed |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {name} | {r['mAP_artifact']:.4f} | {r['mAP_reference']:.4f} | {r['delta_mAP_points']:+.2f} | "
-              f"{r['passed']} |" for name, r in evals.items()]
-if table:
-    lines += ["", "## Benchmarks (assd bench, merged)", "", table]
-(out / "report.md").write_text("\n".join(lines) + "\n")
-skipped = [s for s in steps if s["status"] == "skipped"]
-failed = [s for s in steps if s["status"] == "failed"]
-print(f"report: {out / 'report.md'} and {out / 'report.json'}: {len(steps) - len(skipped) - len(failed)} steps ok, "
-      f"{len(failed)} failed, {len(skipped)} skipped")
-for s in skipped:
-    print(f"  skipped {s['step']}: {s['detail']}")
-sys.exit(1 if failed else 0)
-EOF
+exit 0  # finish (the EXIT trap) writes the report and sets the status

@@ -1,32 +1,65 @@
-"""A fake ``tensorrt`` module and CUDA API that enforce TensorRT's documented runtime contract on a CPU.
+"""A fake ``tensorrt`` module that enforces TensorRT's documented contract on a CPU, held to the real API.
+
+The builder side lives in tests/fake_tensorrt_builder.py and is re-exported here.
+Every public name defined in a fake class body is TensorRT API: ``REAL`` names the TensorRT class it
+stands for, and tests/test_tensorrt_bindings.py checks each such name (methods with their parameter
+names, properties, enum members with their values) against the real 10.x and 11.x bindings.
+State and test controls live in instance attributes, in names starting with ``_``, or in ``CONTROLS``.
 
 The fake engine computes a small deterministic function of its input by *reading and writing the
 bound addresses* (as a GPU engine does), so a wrong address, a stale binding or a graph replayed
-against the wrong buffers gives wrong numbers. It enforces, as TensorRT documents them:
+against the wrong buffers gives wrong numbers. Streams are tests/fake_cuda.py's: an enqueue runs only
+when its stream is waited for or synchronized (its outputs are NaN until then) and needs its stream
+to have waited for the caller's. It enforces, as TensorRT documents them:
 
 * ``set_tensor_address``: "The pointer must have at least 256-byte alignment" -> returns False;
 * ``set_input_shape``: a shape outside the optimization profile -> returns False;
-* ``execute_async_v3`` on the default stream (handle 0) -> refused here (TensorRT warns; capture
-  needs a non-default stream);
-* a CUDA graph replays what it captured with the context's state at capture: replaying after that
-  context's shapes or addresses changed is undefined behaviour, so the fake graph raises;
-* ``capture_fails``: ``execute_async_v3`` returns False during capture (trtexec's documented case);
-  ``capture_invalidates``: the capture ends with an error instead.
-
-Every context records the input shapes it saw.
+* ``execute_async_v3`` on the default stream, with an unbound tensor, or (``USER_MANAGED`` contexts)
+  without device memory of at least ``device_memory_size_v2`` bytes -> returns False;
+* CUDA graphs: capturing an enqueue whose shapes were never enqueued before (TensorRT's first enqueue
+  after a shape change does set-up work) invalidates the capture; a graph replayed after its
+  context's shapes or addresses changed raises; ``capture_fails`` / ``capture_invalidates`` make
+  the capture fail (trtexec's two cases), the latter leaving a CUDA error pending;
+* a version-compatible plan deserializes only with ``engine_host_code_allowed``;
+* the builder: ``STRONGLY_TYPED`` is bit 1 on TensorRT 10 and bit 0 on 11 (where networks are always
+  strongly typed), unknown flag bits give no network; the parser fails on ``unsupported`` ops with
+  TensorRT's error objects; ``build_serialized_network`` returns None when ``fails``; timing caches
+  are serialized, read back (refused when corrupt or, without ``ignore_mismatch``, from another
+  TensorRT version) and count their hits.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import itertools
+import enum
 import types
 
 import numpy as np
+from fake_cuda import FakeCuda
+from fake_tensorrt_builder import (  # noqa: F401 - re-exported: one fake module for the tests
+    FakeBuilder,
+    FakeBuilderConfig,
+    FakeNetwork,
+    FakeOnnxParser,
+    FakeParserError,
+    FakeProfile,
+    FakeTimingCache,
+    major_of,
+)
 
 NUM_ANCHORS, NUM_CLASSES = 5, 3
-_handles = itertools.count(1)
+# The enum members the fake offers, with their values in TensorRT 10 and 11 (checked against the bindings).
+ENUMS = {
+    "DataType": {10: {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "BF16": 7, "INT64": 8}},
+    "NetworkDefinitionCreationFlag": {10: {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}, 11: {"STRONGLY_TYPED": 0}},
+    "BuilderFlag": {10: {"FP16": 0, "INT8": 1, "TF32": 6, "VERSION_COMPATIBLE": 13},
+                    11: {"TF32": 6, "VERSION_COMPATIBLE": 12}},
+    "MemoryPoolType": {10: {"WORKSPACE": 0}},
+    "HardwareCompatibilityLevel": {10: {"NONE": 0, "AMPERE_PLUS": 1, "SAME_COMPUTE_CAPABILITY": 2}},
+    "ExecutionContextAllocationStrategy": {10: {"STATIC": 0, "ON_PROFILE_CHANGE": 1, "USER_MANAGED": 2}},
+}
+SEVERITY = {"INTERNAL_ERROR": 0, "ERROR": 1, "WARNING": 2, "INFO": 3, "VERBOSE": 4}
+USER_MANAGED = 2
 
 
 def _read(address: int, count: int, dtype=np.float32) -> np.ndarray:
@@ -64,257 +97,179 @@ def detection_outputs(images: np.ndarray, k: int = 4):
     return boxes, scores, classes, count
 
 
-class FakeCuda:
-    """The few ``torch.cuda`` calls ``assd.runtime.tensorrt_execution`` and the runner make."""
-
-    def __init__(self):
-        self.default = FakeStream(0)
-        self.current = [self.default]
-        self.capturing = None
-
-    def Stream(self, device=None):
-        return FakeStream(next(_handles))
-
-    def current_stream(self, device=None):
-        return self.current[-1]
-
-    @contextlib.contextmanager
-    def stream(self, stream):
-        self.current.append(stream)
-        try:
-            yield
-        finally:
-            self.current.pop()
-
-    def device(self, device):
-        return contextlib.nullcontext()
-
-    def CUDAGraph(self):
-        return FakeGraph(self)
-
-    def get_device_capability(self, device=None):
-        return (8, 9)
-
-    def get_device_name(self, device=None):
-        return "NVIDIA L4"
-
-    def synchronize(self, device=None):
-        pass
-
-
-class FakeStream:
-    def __init__(self, handle: int):
-        self.cuda_stream = handle
-
-    def wait_stream(self, other):
-        pass
-
-    def synchronize(self):
-        pass
-
-
-class FakeGraph:
-    def __init__(self, cuda: FakeCuda):
-        self.cuda, self.work, self.invalidated = cuda, [], False
-
-    def capture_begin(self, capture_error_mode="global"):
-        assert self.cuda.current_stream().cuda_stream != 0, "capture on the default stream"
-        self.cuda.capturing = self
-
-    def capture_end(self):
-        self.cuda.capturing = None
-        if self.invalidated:
-            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
-
-    def replay(self):
-        for context, version in self.work:
-            if context.version != version:
-                raise AssertionError("CUDA graph replayed against an execution context whose shapes or addresses "
-                                     "changed since capture (undefined behaviour in TensorRT)")
-            context.compute()
-
-
+# ============================================================================================ runtime
 class FakeContext:
-    def __init__(self, engine: FakeEngine):
-        self.engine, self.shapes, self.addresses, self.version = engine, {}, {}, 0
+    REAL = "IExecutionContext"
+
+    def __init__(self, engine: FakeEngine, strategy):
+        self._engine, self._strategy = engine, strategy
+        self._shapes, self._addresses, self.version, self._warm = {}, {}, 0, None
         self.shapes_seen, self.device_memory = [], None
 
-    def set_device_memory(self, address: int, size: int):
-        assert address % 256 == 0, "device memory must be 256-byte aligned"
-        self.device_memory = (address, size)
+    def set_device_memory(self, memory: int, size: int):
+        assert memory % 256 == 0, "device memory must be 256-byte aligned"
+        self.device_memory = (memory, size)
 
     def set_input_shape(self, name: str, shape) -> bool:
         shape = tuple(shape)
-        low, _, high = self.engine.profile
+        low, _, high = self._engine.profile
         if name != "images" or len(shape) != 4 or shape[1:] != low[1:] or not low[0] <= shape[0] <= high[0]:
             return False
-        self.shapes[name], self.version = shape, self.version + 1
+        self._shapes[name], self.version = shape, self.version + 1
         self.shapes_seen.append(shape)
         return True
 
     def get_tensor_shape(self, name: str):
-        batch = self.shapes["images"][0]
-        return self.engine.output_shapes(batch)[name]
+        return self._engine._output_shapes(self._shapes["images"][0])[name]
 
-    def set_tensor_address(self, name: str, address: int) -> bool:
-        if address % 256 or name not in self.engine.names:
+    def set_tensor_address(self, name: str, memory: int) -> bool:
+        if memory % 256 or name not in self._engine.names:
             return False
-        self.addresses[name], self.version = address, self.version + 1
+        self._addresses[name], self.version = memory, self.version + 1
         return True
 
-    def execute_async_v3(self, stream_handle: int) -> bool:
-        if stream_handle == 0:
-            return False
-        graph = self.engine.cuda.capturing
-        if graph is not None:
-            if self.engine.capture_invalidates:
-                graph.invalidated = True
-                return False
-            if self.engine.capture_fails:
-                return False
-            graph.work.append((self, self.version))
-            return True
-        self.compute()
-        return self.engine.execute_ok
+    def _ready(self) -> bool:
+        if self._strategy is not None and int(self._strategy) == USER_MANAGED:
+            memory = self.device_memory
+            if memory is None or memory[1] < self._engine.device_memory_size_v2:
+                return False  # "the device memory ... must be at least device_memory_size_v2 bytes"
+        return "images" in self._shapes and set(self._addresses) == set(self._engine.names)
 
-    def compute(self):
-        shape = self.shapes["images"]
-        images = _read(self.addresses["images"], int(np.prod(shape))).reshape(shape)
-        outputs = detection_outputs(images) if self.engine.detections else raw_outputs(images)
-        for name, array in zip(self.engine.names[1:], outputs):
-            _write(self.addresses[name], array)
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        cuda = self._engine.cuda
+        if stream_handle == 0 or not self._ready():
+            return False
+        stream = next(s for s in cuda.streams if s.cuda_stream == stream_handle)
+        if cuda.capturing is not None:
+            return self._capture(stream)
+        self._poison_outputs()
+        stream.launch(self._compute, "execute_async_v3")
+        self._warm = dict(self._shapes)
+        return self._engine.execute_ok
+
+    def _capture(self, stream) -> bool:
+        cuda, engine = self._engine.cuda, self._engine
+        graph, capturing = cuda.capturing
+        if stream is not capturing:
+            cuda.invalidate_capture("enqueue on another stream")
+            return False
+        if engine.capture_invalidates:
+            cuda.invalidate_capture("an operation TensorRT cannot capture")
+            return False
+        if engine.capture_fails:
+            return False
+        if self._warm != self._shapes:
+            cuda.invalidate_capture("the first enqueue after a shape change allocates (no warm-up enqueue)")
+            return False
+        graph.work.append((self, self.version))
+        return True
+
+    def _poison_outputs(self):
+        shapes = self._engine._output_shapes(self._shapes["images"][0])
+        for name in self._engine.names[1:]:
+            dtype = np.int64 if name in ("classes", "count") else np.float32
+            _write(self._addresses[name], np.full(shapes[name], -1 if dtype == np.int64 else np.nan, dtype))
+
+    def _compute(self):
+        shape = self._shapes["images"]
+        images = _read(self._addresses["images"], int(np.prod(shape))).reshape(shape)
+        outputs = detection_outputs(images) if self._engine.detections else raw_outputs(images)
+        for name, array in zip(self._engine.names[1:], outputs):
+            _write(self._addresses[name], array)
 
 
 class FakeEngine:
+    REAL = "ICudaEngine"
+
     def __init__(self, cuda: FakeCuda, profile=((1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32)),
-                 detections=False):
+                 detections=False, version_compatible=False, memory_size=4096):
         self.cuda, self.profile, self.detections = cuda, profile, detections
         self.names = ["images", *(("boxes", "scores", "classes", "count") if detections else ("loc", "conf"))]
         self.capture_fails = self.capture_invalidates = False
-        self.execute_ok = True
-        self.contexts, self.device_memory_size_v2 = [], 4096
+        self.execute_ok, self.version_compatible, self.memory_size = True, version_compatible, memory_size
+        self.contexts = []
 
     @property
     def num_io_tensors(self):
         return len(self.names)
 
+    @property
+    def device_memory_size_v2(self):
+        return self.memory_size
+
     def get_tensor_name(self, index):
         return self.names[index]
 
     def get_tensor_dtype(self, name):
-        return "INT64" if name in ("classes", "count") else "FLOAT"
+        return self._trt.DataType.INT64 if name in ("classes", "count") else self._trt.DataType.FLOAT
 
     def get_tensor_profile_shape(self, name, profile_index):
         assert name == "images" and profile_index == 0
         return [list(shape) for shape in self.profile]
 
-    def output_shapes(self, batch):
+    def _output_shapes(self, batch):
         if self.detections:
             return {"boxes": (batch, 4, 4), "scores": (batch, 4), "classes": (batch, 4), "count": (batch,)}
         return {"loc": (batch, NUM_ANCHORS, 4), "conf": (batch, NUM_ANCHORS, NUM_CLASSES)}
 
     def create_execution_context(self, strategy=None):
-        context = FakeContext(self)
+        context = FakeContext(self, strategy)
         self.contexts.append(context)
         return context
 
 
-def fake_tensorrt_module(engine: FakeEngine, version: str = "10.16.1.11", plan: bytes = b"fake plan"):
-    """A ``tensorrt`` stand-in whose Runtime deserializes ``plan`` into ``engine`` (anything else: None)."""
+def _enum(name: str, major: int, table: dict) -> type[enum.IntEnum]:
+    members = table.get(major, table[10])
+    return enum.IntEnum(name, members)
 
-    class Runtime:
-        def __init__(self, logger):
-            self.engine_host_code_allowed = False
 
-        def deserialize_cuda_engine(self, data):
-            return engine if bytes(data) == plan else None
+def fake_tensorrt_module(engine: FakeEngine | None = None, version: str = "10.16.1.11", plan: bytes = b"fake plan"):
+    """A ``tensorrt`` stand-in of ``version``: its Runtime deserializes ``plan`` into ``engine`` (anything
+    else: None), its Builder and OnnxParser 'build' engines."""
+    major = major_of(version)
+    enums = {name: _enum(name, major, table) for name, table in ENUMS.items()}
+    severity = enum.IntEnum("Severity", SEVERITY)
 
     class Logger:
-        WARNING = 2
+        REAL = "Logger"
+        Severity = severity
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (severity[name] for name in SEVERITY)
 
-        def __init__(self, level=None):
-            self.level = level
+        def __init__(self, min_severity=severity.WARNING):
+            self._min_severity = min_severity
 
-    return types.SimpleNamespace(
-        __version__=version, Logger=Logger, Runtime=Runtime,
-        DataType=types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF", INT8="INT8", INT32="INT32", BOOL="BOOL",
-                                       INT64="INT64"),
-        ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED="USER_MANAGED"))
+    class Runtime:
+        REAL = "Runtime"
 
+        def __init__(self, logger):
+            self._host_code = False
 
-class FakeBuilderConfig:
-    def __init__(self, builder: FakeBuilder):
-        self.builder, self.flags, self.profiles = builder, {"TF32"}, []  # TF32: "Enabled by default"
-        self.hardware_compatibility_level = "NONE"
+        @property
+        def engine_host_code_allowed(self):
+            return self._host_code
 
-    def set_flag(self, flag):
-        self.flags.add(flag)
+        @engine_host_code_allowed.setter
+        def engine_host_code_allowed(self, allowed):
+            self._host_code = bool(allowed)
 
-    def clear_flag(self, flag):
-        self.flags.discard(flag)
+        def deserialize_cuda_engine(self, serialized_engine):
+            if bytes(serialized_engine) != plan:
+                return None
+            if engine.version_compatible and not self._host_code:
+                return None  # "a version-compatible engine ... requires engine_host_code_allowed"
+            return engine
 
-    def set_memory_pool_limit(self, pool, size):
-        self.workspace = size
-
-    def add_optimization_profile(self, profile) -> int:
-        if not profile.valid or self.builder.refuse_profile:
-            return -1  # "-1 if the input is not valid"
-        self.profiles.append(profile)
-        return len(self.profiles) - 1
-
-
-class FakeProfile:
-    def __init__(self):
-        self.shapes, self.valid = {}, False
-
-    def set_shape(self, name, low, opt, high):
-        if not low[0] <= opt[0] <= high[0]:
-            raise RuntimeError("Shape provided for opt is inconsistent with other shapes.")
-        self.shapes[name], self.valid = (tuple(low), tuple(opt), tuple(high)), True
-
-
-class FakeBuilder:
-    """Records the network flags and the config it was built with (``last``)."""
-
-    refuse_profile = False
-    last: FakeBuilderConfig | None = None
-
-    def __init__(self, logger):
-        self.network_flags = None
-
-    def create_network(self, flags):
-        FakeBuilder.network_flags = flags
-        return object()
-
-    def create_builder_config(self):
-        FakeBuilder.last = FakeBuilderConfig(self)
-        return FakeBuilder.last
-
-    def create_optimization_profile(self):
-        return FakeProfile()
-
-    def build_serialized_network(self, network, config):
-        return b"fake plan"
-
-
-def fake_builder_module(version: str = "10.16.1.11", parses=True):
-    """A ``tensorrt`` stand-in that 'builds' engines (for the build-side checks and the sidecar)."""
-
-    class OnnxParser:
-        num_errors = 0
-
-        def __init__(self, network, logger):
-            pass
-
-        def parse_from_file(self, path):
-            FakeBuilder.parsed = path
-            return parses
-
-    module = fake_tensorrt_module(FakeEngine(FakeCuda()), version)
-    module.Builder, module.OnnxParser = FakeBuilder, OnnxParser
-    module.BuilderFlag = types.SimpleNamespace(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE")
-    module.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
-    module.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    module.HardwareCompatibilityLevel = types.SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS",
-                                                              SAME_COMPUTE_CAPABILITY="SAME_COMPUTE_CAPABILITY")
+    module = types.SimpleNamespace(__version__=version, Logger=Logger, Runtime=Runtime, Builder=FakeBuilder,
+                                   OnnxParser=FakeOnnxParser, **enums)
+    FakeBuilder.trt = module
+    if engine is not None:
+        engine._trt = module
     return module
+
+
+def fake_builder_module(version: str = "10.16.1.11"):
+    """A ``tensorrt`` stand-in for the build-side checks, its controls reset."""
+    FakeBuilder.refuse_profile = FakeBuilder.fails = False
+    FakeBuilder.last = FakeBuilder.network = None
+    FakeOnnxParser.unsupported = ()
+    return fake_tensorrt_module(FakeEngine(FakeCuda()), version)

@@ -42,7 +42,7 @@ def test_tf32_is_off_unless_asked_and_the_sidecar_says_which(fake_builder, tmp_p
     onnx_path = _tiny_assd_onnx(tmp_path / "tiny.onnx")
     engine = tmp_path / "tiny.engine"
     info = build_engine(str(onnx_path), str(engine), EngineOptions(tf32=tf32), echo=lambda _: None)
-    assert ("TF32" in FakeBuilder.last.flags) is tf32
+    assert FakeBuilder.last.get_flag(FakeBuilder.trt.BuilderFlag.TF32) is tf32
     assert info.tf32 is tf32 and read_engine_info(engine).tf32 is tf32
     assert FakeBuilder.last.profiles[0].shapes["images"] == ((1, 3, 32, 32), (8, 3, 32, 32), (32, 3, 32, 32))
 
@@ -117,6 +117,16 @@ def test_a_post_release_is_the_same_tensorrt_version():
     check_compatible(_info(tensorrt_version="10.3.0"), "10.3.0.post1", (8, 0), "NVIDIA A100")
 
 
+@pytest.mark.parametrize("built, here", [("10.3.0", "10.3.0.26"), ("10.3.0.26", "10.3.0"), ("10.3", "10.3.0.26")])
+@pytest.mark.parametrize("version_compatible", [False, True])
+def test_the_build_number_does_not_make_another_tensorrt(built, here, version_compatible):
+    """The tensorrt wheel says 10.3.0, its libraries and bindings 10.3.0.26: one release."""
+    check_compatible(_info(tensorrt_version=built, version_compatible=version_compatible), here, (8, 0), "NVIDIA A100")
+    if not version_compatible:
+        with pytest.raises(UserError, match="this machine has TensorRT 10.3.1"):
+            check_compatible(_info(tensorrt_version=built), "10.3.1", (8, 0), "NVIDIA A100")
+
+
 # ------------------------------------------------------------------------------------ 13: extras
 @pytest.mark.parametrize("cuda, extra", [("12.8", "tensorrt-cu12"), ("13.0", "tensorrt-cu13")])
 def test_install_hint_names_the_extra_for_torchs_cuda_major(monkeypatch, cuda, extra):
@@ -133,14 +143,22 @@ def test_pyproject_offers_one_tensorrt_extra_per_cuda_major():
     for name in tensorrt_support.EXTRAS.values():
         line = next(line for line in text.splitlines() if line.startswith(f"{name} = "))
         assert f'["{name}>=10' in line, line
-    assert text.count('"onnxruntime-gpu>=1.27;') == len(tensorrt_support.EXTRAS)
+    block = text[text.index("tensorrt-cu12 = "):text.index("tensorrt-cu13 = ")]
+    assert '"onnxruntime-gpu>=1.22,<1.27;' in block  # 1.26: the last CUDA 12 build on PyPI
+    block = text[text.index("tensorrt-cu13 = "):]
+    assert '"onnxruntime-gpu>=1.27;' in block.split("]")[0]  # 1.27+: CUDA 13 builds
 
 
 # ------------------------------------------------------------------------------------ 8: ORT providers
 def test_onnxruntime_runner_reports_the_provider_it_actually_uses(monkeypatch, tmp_path, caplog):
     import onnxruntime as ort
 
-    from assd.runtime.onnxruntime_runner import OnnxRuntimeRunner, requested_providers
+    from assd.runtime.onnxruntime_runner import (
+        OnnxRuntimeRunner,
+        requested_providers,
+        tensorrt_cache_dir,
+        tensorrt_options,
+    )
 
     assert requested_providers("tensorrt") == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
                                                "CPUExecutionProvider"]
@@ -155,9 +173,14 @@ def test_onnxruntime_runner_reports_the_provider_it_actually_uses(monkeypatch, t
     monkeypatch.setattr(ort, "InferenceSession", session)
     monkeypatch.setattr(ort, "get_available_providers", lambda: requested_providers("tensorrt"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("ASSD_ORT_TRT_CACHE", str(tmp_path / "trt-cache"))
     with caplog.at_level(logging.WARNING, logger="assd.runtime"):
         runner = OnnxRuntimeRunner(str(_tiny_assd_onnx(tmp_path / "t.onnx")), torch.device("cuda"), provider="tensorrt")
-    assert asked["providers"] == requested_providers("tensorrt")
+    (name, options), *rest = asked["providers"]
+    assert [name, *rest] == requested_providers("tensorrt")
+    cache_dir = tensorrt_cache_dir(tmp_path / "t.onnx")
+    assert cache_dir.parent == tmp_path / "trt-cache" and cache_dir.is_dir()
+    assert options == tensorrt_options(32, None, cache_dir)
     assert runner.backend == "onnxruntime" and runner.device.type == "cpu" and runner.providers == [
         "CPUExecutionProvider"]
     assert any("could not use TensorrtExecutionProvider" in r.getMessage() for r in caplog.records)
@@ -171,3 +194,49 @@ def test_sidecar_of_another_format_version_is_refused(tmp_path):
     (tmp_path / "old.engine.json").write_text(json.dumps({**_info().to_dict(), "version": 1}))
     with pytest.raises(UserError, match="sidecar version 1 is not supported"):
         read_engine_info(engine)
+
+
+def test_onnxruntime_tensorrt_provider_gets_caches_and_the_profile(tmp_path):
+    from assd.runtime.onnxruntime_runner import tensorrt_options
+
+    dynamic = tensorrt_options(300, None, tmp_path)
+    assert dynamic == {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(tmp_path),
+                       "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(tmp_path),
+                       "trt_profile_min_shapes": "images:1x3x300x300", "trt_profile_opt_shapes": "images:8x3x300x300",
+                       "trt_profile_max_shapes": "images:32x3x300x300"}
+    fixed = tensorrt_options(512, 4, tmp_path)
+    assert {fixed[f"trt_profile_{k}_shapes"] for k in ("min", "opt", "max")} == {"images:4x3x512x512"}
+
+
+def test_a_provider_onnxruntime_cannot_load_is_not_reported_as_used(monkeypatch, tmp_path, caplog):
+    """No mock of the session: this onnxruntime-gpu lists CUDA among its available providers, yet on a
+    machine without a usable CUDA its session runs on the CPU; the runner says so and reports the CPU."""
+    import onnxruntime as ort
+
+    from assd.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider compiled in")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is usable here: the CUDA provider would load")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # ask for CUDA as on a GPU machine
+    with caplog.at_level(logging.WARNING, logger="assd.runtime"):
+        runner = OnnxRuntimeRunner(str(_tiny_assd_onnx(tmp_path / "t.onnx")), torch.device("cuda"), provider="cuda")
+    assert runner.providers == ["CPUExecutionProvider"] and runner.backend == "onnxruntime"
+    assert any("could not use CUDAExecutionProvider and runs on CPUExecutionProvider" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_calibration_says_which_provider_its_session_really_uses(tmp_path):
+    import onnxruntime as ort
+
+    from assd.calibration.quantize import _say_provider
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or torch.cuda.is_available():
+        pytest.skip("needs an onnxruntime-gpu whose CUDA provider cannot load (a machine without CUDA)")
+    session = ort.InferenceSession(str(_tiny_assd_onnx(tmp_path / "t.onnx")),
+                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    said = []
+    _say_provider(session, "CUDAExecutionProvider", said.append)
+    assert said[0].startswith("calibration runs on ONNX Runtime's CPUExecutionProvider: CUDAExecutionProvider does "
+                              "not load here")

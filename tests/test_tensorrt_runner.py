@@ -52,6 +52,7 @@ def fake(monkeypatch, tmp_path):
         fake_tensorrt_module(state["engine"]) if name == "tensorrt" else real_import(name, *a)))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(tensorrt_execution, "cuda", cuda)
+    monkeypatch.setattr(tensorrt_execution, "cudart", cuda)
     monkeypatch.setattr(tensorrt_runner, "engine_device", lambda path, device: torch.device("cpu"))
 
     def make_runner(info: EngineInfo | None = None, engine: FakeEngine | None = None, plan=b"fake plan", **kwargs):
@@ -72,9 +73,10 @@ def _images(batch: int, seed: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ 1-3: CUDA graphs
-def test_cuda_graph_per_batch_size_replays_new_images_like_the_graphless_runner(fake):
-    """Item 1: capture with images A, replay with images B, batch sizes interleaved 1, 3, 1, 3."""
-    make_runner, state, _ = fake
+def test_cuda_graph_per_batch_size_replays_new_images_like_the_graphless_runner(fake, caplog):
+    """Item 1: capture with images A, replay with images B, batch sizes interleaved 1, 3, 1, 3.
+    Each capture needs its warm-up enqueue (the fake invalidates a capture without one)."""
+    make_runner, state, cuda = fake
     graphed = make_runner(cuda_graph=True)
     engine = state["engine"]
     for step, batch in enumerate([1, 3, 1, 3, 3, 1]):
@@ -83,6 +85,7 @@ def test_cuda_graph_per_batch_size_replays_new_images_like_the_graphless_runner(
         expected_loc, expected_conf = raw_outputs(images.numpy())
         np.testing.assert_allclose(loc.numpy(), expected_loc, rtol=1e-6)
         np.testing.assert_allclose(conf.numpy(), expected_conf, rtol=1e-6)
+    assert cuda.replays == 6 and not [r for r in caplog.records if "capture failed" in r.getMessage()]
     captured = engine.contexts[1:]  # contexts[0] is the graph-less one
     assert len(captured) == 2 and [set(c.shapes_seen) for c in captured] == [{(1, 3, 32, 32)}, {(3, 3, 32, 32)}]
     assert all(c.device_memory == engine.contexts[0].device_memory for c in captured)  # one shared block
@@ -125,6 +128,70 @@ def test_graphs_work_inside_and_outside_inference_mode(fake):
         graphed.infer(_images(2, seed=3))
 
 
+def test_a_failed_capture_leaves_no_cuda_error_behind(fake):
+    """trtexec clears the error a failed capture leaves pending (cudaGetLastError); the fake raises it at
+    the next launch otherwise."""
+    make_runner, state, cuda = fake
+    graphed = make_runner(cuda_graph=True)
+    state["engine"].capture_invalidates = True
+    images = _images(2, seed=3)
+    loc, _ = graphed.infer(images)
+    assert cuda.pending_error is None
+    np.testing.assert_allclose(loc.numpy(), raw_outputs(images.numpy())[0], rtol=1e-6)
+
+
+def test_engine_stream_waits_for_the_callers_stream_both_ways(fake):
+    """A caller on its own stream: the engine's launch must wait for it (the input) and the caller must wait
+    for the engine (the outputs are NaN until the engine's stream has run)."""
+    make_runner, _, cuda = fake
+    for graphs in (False, True):
+        runner = make_runner(cuda_graph=graphs)
+        with cuda.stream(cuda.Stream()):
+            for batch in (2, 2):
+                images = _images(batch, seed=batch)
+                loc, conf = runner.infer(images)
+                assert not torch.isnan(loc).any()
+                np.testing.assert_allclose(conf.numpy(), raw_outputs(images.numpy())[1], rtol=1e-6)
+
+
+def test_the_fake_stream_refuses_a_sync_during_capture_and_a_launch_without_a_wait():
+    """The fake itself: what CUDA forbids during a capture, and a launch racing the caller's stream."""
+    from fake_cuda import CudaRaceError
+
+    cuda = FakeCuda()
+    stream = cuda.Stream()
+    with cuda.stream(stream):
+        with pytest.raises(CudaRaceError, match="without waiting for the caller's stream"):
+            stream.launch(lambda: None, "probe")
+        graph = cuda.CUDAGraph()
+        graph.capture_begin()
+        with pytest.raises(RuntimeError, match="not permitted when stream is capturing"):
+            stream.synchronize()
+        with pytest.raises(RuntimeError, match="previous error during capture"):
+            graph.capture_end()
+    assert cuda.cudaGetLastError() != 0 and cuda.cudaGetLastError() == 0
+
+
+def test_user_managed_device_memory_must_be_set_and_large_enough(fake):
+    make_runner, state, cuda = fake
+    runner = make_runner(engine=FakeEngine(cuda, memory_size=1 << 20))
+    images = _images(1, seed=4)
+    np.testing.assert_allclose(runner.infer(images)[0].numpy(), raw_outputs(images.numpy())[0], rtol=1e-6)
+    context = state["engine"].contexts[0]
+    assert context.device_memory[1] == 1 << 20 and runner.executor.memory.numel() >= 1 << 20
+    context.set_device_memory(context.device_memory[0], 1024)  # smaller than device_memory_size_v2
+    with pytest.raises(UserError, match="TensorRT refused execute_async_v3"):
+        runner.infer(images)
+
+
+def test_a_version_compatible_engine_is_deserialized_with_host_code_allowed(fake):
+    make_runner, _, cuda = fake
+    runner = make_runner(_info(version_compatible=True), engine=FakeEngine(cuda, version_compatible=True))
+    images = _images(2, seed=5)
+    np.testing.assert_allclose(runner.infer(images)[0].numpy(), raw_outputs(images.numpy())[0], rtol=1e-6)
+    assert runner.runtime.engine_host_code_allowed is True
+
+
 # ------------------------------------------------------------------------------------ 4: alignment
 def test_aligned_buffers_and_misaligned_views_are_copied():
     for dtype in (torch.float32, torch.float16, torch.int64, torch.uint8):
@@ -132,6 +199,7 @@ def test_aligned_buffers_and_misaligned_views_are_copied():
             tensor = aligned_empty(shape, dtype, torch.device("cpu"))
             assert tensor.data_ptr() % ALIGNMENT == 0 and tuple(tensor.shape) == shape and tensor.is_contiguous()
     storage = aligned_empty((1000,), torch.float32, torch.device("cpu"))
+    storage.copy_(torch.arange(1000, dtype=torch.float32))  # uninitialized memory may hold NaN (never equal)
     view = storage[16:16 + 96].view(2, 3, 4, 4)  # contiguous, 64 bytes past an aligned address
     copied = as_aligned(view)
     assert view.data_ptr() % ALIGNMENT != 0 and copied.data_ptr() % ALIGNMENT == 0 and torch.equal(copied, view)
@@ -217,3 +285,31 @@ def test_detections_engine_returns_padded_detections_and_refuses_raw_infer(fake)
     assert [len(d) for d in stricter] == [0, 1, 1]
     with pytest.raises(UserError, match="only a higher score threshold or fewer detections"):
         result.unpad(PostprocessConfig(nms_iou=0.5, max_detections=4))
+
+
+def test_the_fake_cuda_offers_only_torch_cuda_api_with_its_parameter_names():
+    import inspect
+
+    from fake_cuda import FakeGraph, FakeStream
+
+    real = {FakeCuda: torch.cuda, FakeStream: torch.cuda.Stream, FakeGraph: torch.cuda.CUDAGraph}
+    for fake, torch_side in real.items():
+        for name, member in vars(fake).items():
+            if name.startswith("_") or not callable(member) or name in ("check_error", "cudaGetLastError",
+                                                                         "invalidate_capture", "forbid_in_capture",
+                                                                         "launch", "flush"):
+                continue  # the fake's own machinery (cudaGetLastError stands for the CUDA runtime's)
+            params = list(inspect.signature(member).parameters)[0 if fake is FakeCuda else 1:]
+            params = [p for p in params if p != "self"]
+            real_params = [p for p in inspect.signature(getattr(torch_side, name)).parameters if p != "self"]
+            assert real_params[:len(params)] == params, (fake.__name__, name, params, real_params)
+
+
+def test_the_cuda_error_is_read_from_the_runtime_torch_loaded():
+    """The real (not fake) cudaGetLastError binding: the libcudart mapped into this process by torch."""
+    from assd.runtime.tensorrt_execution import _CudaRuntime
+
+    path = _CudaRuntime._loaded_path()
+    if path is None:
+        pytest.skip("this torch loaded no CUDA runtime library (a CPU-only build)")
+    assert "libcudart.so" in path and isinstance(_CudaRuntime().cudaGetLastError(), int)

@@ -30,7 +30,8 @@ def make_row(runner: Runner, batch_size: int, times: StageTimes) -> dict:
     cfg = runner.cfg
     return {
         "method": cfg.name, "backbone": cfg.backbone, "input_size": cfg.input_size,
-        "artifact": runner.artifact, "backend": runner.backend, "precision": runner.precision,
+        "artifact": runner.artifact, "backend": runner.backend + ("+cuda-graph" if getattr(runner, "cuda_graph", False)
+                                                                 else ""), "precision": runner.precision,
         "device": device_name(runner.device), "num_anchors": int(runner_anchor_count(runner)),
         "num_params": _num_params(runner), "batch": batch_size, "iters": len(total),
         "fps": batch_size / float(np.median(total)), "fps_model": batch_size / float(np.median(inference)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -20,7 +21,7 @@ from assd.bench.timing import benchmark, peak_host_memory_mb
 from assd.errors import UserError
 from assd.models.limits import check_runners_memory
 from assd.paths import check_outputs
-from assd.runtime.runners import artifact_files, open_runner
+from assd.runtime.runners import ENGINE_SUFFIXES, artifact_files, open_runner
 from assd.utils import atomic_write_json, atomic_write_text
 
 
@@ -34,16 +35,36 @@ def parse_batches(text: str) -> list[int]:
     return sizes
 
 
+def report_files(reports: list[str], artifacts: list[str]) -> list[str]:
+    """The files to merge for ``--report A B C``: click gives ``--report`` its first value only and the
+    others arrive as ARTIFACTS; they are merged when they are JSON files, else one line refuses the mix."""
+    others = [path for path in artifacts if not path.lower().endswith(".json")]
+    if others:
+        raise UserError(f"--report merges saved 'assd bench --json' runs; {', '.join(others)} "
+                        f"{'is not one' if len(others) == 1 else 'are not'}: measure artifacts in a separate "
+                        "'assd bench' run, or pass only .json reports")
+    for path in artifacts:
+        if not Path(path).is_file():
+            raise UserError(f"--report {path}: no such file")
+    return [*reports, *artifacts]
+
+
 def run_bench(artifacts: list[str], batch_sizes: list[int], iters: int = 20, warmup: int = 3,
               device: str | None = "cpu", precision: str = "fp32", compile: bool = False,
               json_out: str | None = None, csv_out: str | None = None, markdown_out: str | None = None,
-              echo: Callable[[str], None] = print) -> dict:
-    """Benchmark ``artifacts`` at every batch size; returns the report (also written where asked)."""
+              cuda_graph: bool = False, echo: Callable[[str], None] = print) -> dict:
+    """Benchmark ``artifacts`` at every batch size; returns the report (also written where asked).
+    ``cuda_graph``: TensorRT engines replay one captured CUDA graph per batch size (trtexec
+    ``--useCudaGraph``); refused when no artifact is an engine."""
     if iters < 1 or warmup < 0:
         raise UserError(f"--iters {iters} / --warmup {warmup}: need iters >= 1 and warmup >= 0")
+    if cuda_graph and not any(Path(a).suffix.lower() in ENGINE_SUFFIXES for a in artifacts):
+        raise UserError(f"--cuda-graph replays TensorRT engines ({', '.join(ENGINE_SUFFIXES)}); none of "
+                        f"{', '.join(artifacts)} is one: drop --cuda-graph or add an engine")
     inputs = [path for artifact in artifacts for path in artifact_files(artifact)]
     check_outputs(inputs, files={"--json": json_out, "--csv": csv_out, "--markdown": markdown_out})
-    runners = [open_runner(a, device=device, precision=precision, compile=compile) for a in artifacts]
+    runners = [open_runner(a, device=device, precision=precision, compile=compile, cuda_graph=cuda_graph)
+               for a in artifacts]
     for runner in runners:
         for batch_size in batch_sizes:
             runner.check_batch(batch_size)

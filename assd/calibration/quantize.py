@@ -88,6 +88,19 @@ def _providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _say_provider(session, asked: str, echo: Callable[[str], None]) -> None:
+    """Which provider the calibration session really runs on (``get_available_providers()`` lists what the
+    wheel was built with, not what loads: a CUDA-13 onnxruntime-gpu on a CUDA-12 machine runs on the CPU)."""
+    from assd.runtime.onnxruntime_runner import session_provider
+
+    used = session_provider(session)
+    if used == asked:
+        echo(f"calibration runs on ONNX Runtime's {used}")
+    else:
+        echo(f"calibration runs on ONNX Runtime's {used}: {asked} does not load here (onnxruntime-gpu must match "
+             "torch's CUDA major: pip install -e '.[tensorrt-cu12]' or '.[tensorrt-cu13]')")
+
+
 @contextlib.contextmanager
 def quiet_ort() -> Iterator[None]:
     """ORT's calibrators print progress to stdout and warn through the root logger; keep our output clean."""
@@ -158,16 +171,19 @@ def measure_ranges(model_path: str | Path, metadata: OnnxMetadata, settings: Cal
     echo(f"calibrating on {usable} images of {settings.source}{note} (one pass: {', '.join(methods)} ranges)")
     reader = ImageCalibrationReader(images, metadata.model_config, batch_size=batch_size)
     chunk = max(CHUNK_IMAGES // batch_size, 1) * batch_size
+    providers = _providers()
     with quiet_ort():
         calibrator = create_calibrator(
             Path(model_path), list(settings.op_types), augmented_model_path=str(workdir / "augmented.onnx"),
-            calibrate_method=CalibrationMethod.Percentile, providers=_providers(),
+            calibrate_method=CalibrationMethod.Percentile, providers=providers,
             extra_options={"symmetric": True, "num_bins": settings.num_bins, "percentile": settings.percentile})
-        with tqdm(total=usable, desc="calibration", unit="img", file=sys.stderr, disable=None, leave=False) as bar:
-            for start in range(0, usable, chunk):
-                reader.set_range(start, min(start + chunk, usable))
-                calibrator.collect_data(reader)
-                bar.update(min(chunk, usable - start))
+    _say_provider(calibrator.infer_session, providers[0], echo)
+    progress = tqdm(total=usable, desc="calibration", unit="img", file=sys.stderr, disable=None, leave=False)
+    with quiet_ort(), progress as bar:
+        for start in range(0, usable, chunk):
+            reader.set_range(start, min(start + chunk, usable))
+            calibrator.collect_data(reader)
+            bar.update(min(chunk, usable - start))
     return ranges_from_histograms(calibrator.collector.histogram_dict, settings, methods), usable
 
 

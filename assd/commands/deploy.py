@@ -66,7 +66,9 @@ def export_command(model, to_onnx, output, opset, batch, with_postprocess, atten
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write the rows as CSV.")
 @click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False), help="Write the table as Markdown.")
 @click.option("--report", "reports", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Merge saved --json runs (from any machine) into one table instead of measuring.")
+              help="Merge saved --json runs (from any machine) into one table instead of measuring: "
+                   "--report A.json B.json ... (every file named is merged).")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT engines: replay one captured CUDA graph per batch size.")
 @click.option("--server", default=None, help="Load a served model instead: http://HOST:PORT/MODEL or grpc://...")
 @click.option("--concurrency", default="1,2,4,8", show_default=True, help="--server: requests in flight, per level.")
 @click.option("--requests", "num_requests", type=int, default=None, help="--server: requests per level (default 200).")
@@ -74,9 +76,9 @@ def export_command(model, to_onnx, output, opset, batch, with_postprocess, atten
 @click.option("--images", multiple=True, help="--server: image files/folders to send (default: synthetic pixels).")
 @client_options
 def bench(artifacts, batches, iters, warmup, device, precision, use_compile, json_out, csv_out, markdown_out,
-          reports, server, concurrency, num_requests, seconds, images, api_key, timeout):
+          reports, cuda_graph, server, concurrency, num_requests, seconds, images, api_key, timeout):
     """Time ARTIFACTS (.pt, .onnx, .engine, presets): FPS, latency, stages, Table-2 columns."""
-    from assd.bench.run import merge_reports, parse_batches, run_bench
+    from assd.bench.run import merge_reports, parse_batches, report_files, run_bench
 
     if server is not None:  # a model served by 'assd serve' (or a repository from 'assd export --triton')
         from assd.serving.loadtest import parse_concurrency, run_server_bench
@@ -88,13 +90,14 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
                          timeout=timeout)
         return
     if reports:
-        merge_reports(list(reports), markdown_out=markdown_out, csv_out=csv_out, echo=click.echo)
+        merge_reports(report_files(list(reports), list(artifacts)), markdown_out=markdown_out, csv_out=csv_out,
+                      echo=click.echo)
         return
     if not artifacts:
         raise UserError("name at least one artifact (.pt checkpoint, preset, .onnx or .engine), or --report RUN.json")
     run_bench(list(artifacts), parse_batches(batches), iters=iters, warmup=warmup, device=device,
               precision=precision, compile=use_compile, json_out=json_out, csv_out=csv_out,
-              markdown_out=markdown_out, echo=click.echo)
+              markdown_out=markdown_out, cuda_graph=cuda_graph, echo=click.echo)
 
 
 @click.command("eval-engine")

@@ -189,10 +189,12 @@ def _parse(trt, network, logger, graph: str) -> None:
     errors = [parser.get_error(i) for i in range(parser.num_errors)]
     if not errors:
         raise UserError(f"{graph}: TensorRT's ONNX parser failed without a message")
-    error = errors[0]
-    node = error.node_name() if hasattr(error, "node_name") else f"#{error.node()}"
-    operator = error.node_operator() if hasattr(error, "node_operator") else "?"
-    raise UserError(f"{graph}: TensorRT's ONNX parser failed at node {node} ({operator}): {error.desc()}"
+    error, where = errors[0], ""
+    if error.node() >= 0:  # -1: the error is not about one node (e.g. an unreadable file)
+        node = (error.node_name() if hasattr(error, "node_name") else "") or f"#{error.node()}"
+        operator = error.node_operator() if hasattr(error, "node_operator") else "?"
+        where = f" at node {node} ({operator})"
+    raise UserError(f"{graph}: TensorRT's ONNX parser failed{where}: {error.desc()}"
                     + (f" (+{len(errors) - 1} more errors)" if len(errors) > 1 else ""))
 
 

@@ -50,6 +50,13 @@ def parse_version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in match.group(1).split("."))
 
 
+def release(text: str) -> tuple[int, int, int]:
+    """MAJOR.MINOR.PATCH of a TensorRT version, without the build number: NVIDIA ships one release as
+    ``10.3.0`` (the ``tensorrt`` wheel's ``__version__``) and ``10.3.0.26`` (the libraries, the bindings
+    wheels), so those are the same TensorRT."""
+    return (*parse_version(text), 0, 0)[:3]
+
+
 def _dotted(version: tuple[int, ...]) -> str:
     return ".".join(str(part) for part in version)
 
@@ -122,7 +129,7 @@ def read_engine_info(engine_path: str | Path) -> EngineInfo:
 def check_compatible(info: EngineInfo, tensorrt_version: str, compute_capability: tuple[int, int],
                      gpu_name: str, engine: str = "engine") -> None:
     """Refuse (UserError, one line) an engine this TensorRT version or this GPU cannot run."""
-    built, here = parse_version(info.tensorrt_version), parse_version(tensorrt_version)
+    built, here = release(info.tensorrt_version), release(tensorrt_version)
     if info.version_compatible:
         # "engines built with newer versions do not work with older runtimes"; across majors only the
         # pairs in CROSS_MAJOR_VERSION_COMPATIBLE.

@@ -1,8 +1,19 @@
-"""``OnnxRuntimeRunner``: an assd ONNX file (any precision) on ONNX Runtime."""
+"""``OnnxRuntimeRunner``: an assd ONNX file (any precision) on ONNX Runtime.
+
+Which provider runs the graph is read from the session (``session.get_providers()``), never from
+``ort.get_available_providers()``: that lists the providers compiled into the wheel, not those that
+load (an onnxruntime-gpu built for CUDA 13 on a CUDA 12 machine lists CUDA and TensorRT, then runs on
+the CPU). ONNX Runtime's TensorRT provider gets an engine cache, a timing cache and the optimization
+profile of ``assd build-engine`` (``tensorrt_options``), so that it neither rebuilds its engines for
+every session nor for every new batch size.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +27,38 @@ PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"
 BACKENDS = {"TensorrtExecutionProvider": "onnxruntime-trt", "CUDAExecutionProvider": "onnxruntime-cuda",
             "CPUExecutionProvider": "onnxruntime"}
 logger = logging.getLogger("assd.runtime")
+PROFILE_BATCH = (1, 8, 32)  # min, opt, max of a dynamic batch (assd build-engine's default --batch)
+
+
+def tensorrt_cache_dir(onnx_path: str | Path) -> Path:
+    """Where ONNX Runtime's TensorRT provider keeps the engines and timing cache of ``onnx_path``:
+    ``$ASSD_ORT_TRT_CACHE`` (default ``~/.cache/assd/onnxruntime-tensorrt``) / the file's SHA-256 prefix.
+    One folder per content: the provider names its engines after the model's path and node names, not
+    its weights, and "the cache must be cleaned up when the model changes" (ORT's documentation)."""
+    digest = hashlib.sha256()
+    with open(onnx_path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    default = Path.home() / ".cache" / "assd" / "onnxruntime-tensorrt"
+    return Path(os.environ.get("ASSD_ORT_TRT_CACHE", default)) / digest.hexdigest()[:16]
+
+
+def tensorrt_options(input_size: int, fixed_batch: int | None, cache_dir: Path) -> dict[str, str]:
+    """TensorRT execution provider options: engine + timing caches in ``cache_dir`` and the profile of the
+    ``images`` input ([B, 3, S, S], B = the fixed batch or 1:8:32)."""
+    low, opt, high = (fixed_batch,) * 3 if fixed_batch else PROFILE_BATCH
+    def shape(batch: int) -> str:
+        return f"images:{batch}x3x{input_size}x{input_size}"
+
+    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache_dir),
+            "trt_profile_min_shapes": shape(low), "trt_profile_opt_shapes": shape(opt),
+            "trt_profile_max_shapes": shape(high)}
+
+
+def session_provider(session) -> str:
+    """The provider a live ONNX Runtime session runs on (its first one)."""
+    return next(iter(session.get_providers()))
 
 
 def requested_providers(provider: str) -> list[str]:
@@ -46,16 +89,25 @@ class OnnxRuntimeRunner(Runner):
         self.postprocess, self.max_batch, self.outputs = metadata.postprocess, metadata.fixed_batch, metadata.outputs
         self.exported_postprocess = PostprocessConfig.from_dict(metadata.postprocess)
         requested = requested_providers(self._provider(ort, device, provider))
+        providers: list = list(requested)
+        if requested[0] == PROVIDER_NAMES["tensorrt"]:
+            cache_dir = tensorrt_cache_dir(path)
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"{cache_dir}: cannot create ONNX Runtime's TensorRT cache folder ({exc.strerror}): "
+                                "set ASSD_ORT_TRT_CACHE to a writable folder") from None
+            providers[0] = (requested[0], tensorrt_options(self.cfg.input_size, self.max_batch, cache_dir))
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable": reported as one line
             raise UserError(f"{path}: ONNX Runtime cannot load it ({short_reason(exc)})") from None
         self.providers = list(self.session.get_providers())
-        self.backend = BACKENDS.get(self.providers[0], self.providers[0])
+        self.backend = BACKENDS.get(session_provider(self.session), self.providers[0])
         if self.providers[0] != requested[0]:
             logger.warning("%s: ONNX Runtime could not use %s and runs on %s instead", path, requested[0],
                            self.providers[0])
@@ -71,7 +123,8 @@ class OnnxRuntimeRunner(Runner):
             raise UserError(f"ONNX Runtime provider '{provider}' needs a CUDA GPU; none is available: use cpu")
         if PROVIDER_NAMES[provider] not in ort.get_available_providers():
             raise UserError(f"this onnxruntime build has no {PROVIDER_NAMES[provider]}: install onnxruntime-gpu "
-                            "(>= 1.27 for TensorRT 11)")
+                            "for torch's CUDA major (pip install -e '.[tensorrt-cu12]': 1.22-1.26, CUDA 12; "
+                            "'.[tensorrt-cu13]': 1.27+, CUDA 13)")
         return provider
 
     def _run(self, images: torch.Tensor, names: list[str]) -> list[torch.Tensor]:

@@ -31,8 +31,9 @@ def artifact_files(artifact: str | None) -> list[str]:
 
 
 def open_runner(artifact: str, device: str | None = "cpu", precision: str = "fp32", compile: bool = False,
-                provider: str | None = None, channels_last: bool = False, threads: int | None = None) -> Runner:
-    """The runner for an artifact path (or preset name), chosen by its extension."""
+                provider: str | None = None, channels_last: bool = False, threads: int | None = None,
+                cuda_graph: bool = False) -> Runner:
+    """The runner for an artifact path (or preset name), chosen by its extension (``cuda_graph``: engines only)."""
     from assd.models.checkpoint import load_model
     from assd.models.presets import PRESETS
 
@@ -43,7 +44,7 @@ def open_runner(artifact: str, device: str | None = "cpu", precision: str = "fp3
     if suffix in ENGINE_SUFFIXES:
         from assd.runtime.tensorrt_runner import TensorRTRunner
 
-        return TensorRTRunner(artifact, torch_device)
+        return TensorRTRunner(artifact, torch_device, cuda_graph=cuda_graph)
     if suffix in (".pt", ".pth") or artifact in PRESETS:
         return TorchRunner(load_model(artifact), artifact, torch_device, precision=precision, compile=compile,
                            channels_last=channels_last)

@@ -19,6 +19,8 @@ in ``python/docstrings/infer/pyCoreDoc.h``, and trtexec's ``samples/common/sampl
   capturing initialization calls", and "when the stream is capturing, the enqueue call may return false
   if the current CUDA graph capture fails": the capture is then ended, the graph dropped and inference
   runs without graphs (trtexec: "The inference will be launched without using CUDA graph"), said once.
+  trtexec's ``endCaptureOnError`` then calls ``cudaGetLastError()`` to "clean up any CUDA error": the
+  error a failed capture leaves pending would otherwise be raised by the next, unrelated torch op.
 * The contexts share one device-memory block (``ExecutionContextAllocationStrategy.USER_MANAGED`` and
   ``set_device_memory``, TensorRT >= 10.1): sharing is allowed except "using it in another execution
   context running in parallel", and every context here runs on the one stream.
@@ -26,6 +28,7 @@ in ``python/docstrings/infer/pyCoreDoc.h``, and trtexec's ``samples/common/sampl
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 from dataclasses import dataclass
@@ -37,6 +40,39 @@ from assd.errors import UserError
 ALIGNMENT = 256  # bytes, IExecutionContext::setTensorAddress
 cuda = torch.cuda  # the CUDA API used here (tests substitute a fake to run this module on a CPU)
 logger = logging.getLogger("assd.runtime")
+
+
+class _CudaRuntime:
+    """``cudaGetLastError`` of the CUDA runtime torch loaded: torch has no Python API for it. The library is
+    the ``libcudart`` mapped into this process (``/proc/self/maps``), else the soname torch links
+    (``dlopen`` of an already loaded library returns it)."""
+
+    def __init__(self):
+        self._library = None
+
+    @staticmethod
+    def _loaded_path() -> str | None:
+        try:
+            with open("/proc/self/maps") as maps:
+                for line in maps:
+                    if "/libcudart.so" in line:
+                        return line.split()[-1]
+        except OSError:
+            pass
+        return None
+
+    def cudaGetLastError(self) -> int:  # the CUDA runtime's name
+        if self._library is None:
+            name = self._loaded_path() or f"libcudart.so.{(torch.version.cuda or '').split('.')[0]}"
+            try:
+                self._library = ctypes.CDLL(name)
+            except OSError as exc:
+                logger.debug("cannot clear the CUDA error: %s", exc)
+                return 0
+        return int(self._library.cudaGetLastError())
+
+
+cudart = _CudaRuntime()  # tests substitute their fake CUDA
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -126,30 +162,33 @@ class EngineExecutor:
     def _enqueue(self, context) -> None:
         self._check(context.execute_async_v3(self.stream.cuda_stream), "execute_async_v3")
 
+    def _launch(self, context, caller) -> None:
+        """Enqueue ``context`` on the engine's stream once that stream has waited for ``caller``'s work."""
+        self.stream.wait_stream(caller)  # the input was written on the caller's stream
+        with cuda.stream(self.stream):
+            self._enqueue(context)
+
     # ------------------------------------------------------------------------------------------ running
     def run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         images = as_aligned(images)
         caller = cuda.current_stream(self.device)
-        self.stream.wait_stream(caller)  # the input was written on the caller's stream
-        if self.cuda_graph:
-            outputs = self._replay(images, caller)
-        else:
+        captured = self._graph_for(images) if self.cuda_graph else None
+        if captured is not None:
+            outputs = self._replay(captured, images, caller)
+        else:  # without graphs, or this engine's capture failed
             outputs = self._bind(self.context, images)  # allocated on the caller's stream
-            with cuda.stream(self.stream):
-                self._enqueue(self.context)
+            self._launch(self.context, caller)
         caller.wait_stream(self.stream)  # the outputs are read on the caller's stream
         return outputs
 
-    def _replay(self, images: torch.Tensor, caller) -> dict[str, torch.Tensor]:
+    def _graph_for(self, images: torch.Tensor) -> _Captured | None:
+        """The graph of this batch size, captured on first use (None: capture failed, no graphs)."""
         batch = images.shape[0]
         if batch not in self.graphs:
             self.graphs[batch] = self._capture(images)
-        captured = self.graphs[batch]
-        if captured is None:  # capture failed: this engine runs without graphs from now on
-            outputs = self._bind(self.context, images)
-            with cuda.stream(self.stream):
-                self._enqueue(self.context)
-            return outputs
+        return self.graphs[batch]
+
+    def _replay(self, captured: _Captured, images: torch.Tensor, caller) -> dict[str, torch.Tensor]:
         captured.input.copy_(images)  # on the caller's stream, which the engine's stream waits for
         self.stream.wait_stream(caller)
         with cuda.stream(self.stream):
@@ -169,9 +208,8 @@ class EngineExecutor:
             static_input = aligned_empty(tuple(images.shape), images.dtype, self.device)
             outputs = self._bind(context, static_input)
         static_input.copy_(images)
-        self.stream.wait_stream(cuda.current_stream(self.device))
-        with cuda.stream(self.stream):
-            self._enqueue(context)  # after a shape change, TensorRT's first enqueue does set-up work
+        # Warm-up: after a shape change, TensorRT's first enqueue does set-up work that cannot be captured.
+        self._launch(context, cuda.current_stream(self.device))
         self.stream.synchronize()
         graph = cuda.CUDAGraph()
         captured, reason = False, "execute_async_v3 returned False during capture"
@@ -185,6 +223,7 @@ class EngineExecutor:
                 except RuntimeError as exc:  # the capture was invalidated: no graph
                     captured, reason = False, str(exc).splitlines()[0]
         if not captured:
+            cudart.cudaGetLastError()  # trtexec: "Clean up any CUDA error" (endCaptureOnError)
             logger.warning("%s: CUDA graph capture failed (%s); running without CUDA graphs, as trtexec does",
                            self.artifact, reason)
             return None
