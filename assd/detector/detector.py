@@ -83,7 +83,7 @@ def _as_rgb(image, rgb: bool) -> np.ndarray:
             raise UserError(f"{len(image)} bytes: not an encoded image OpenCV can decode (JPEG, PNG, BMP, WebP, TIFF)")
         return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image (RGB by definition)
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise UserError(f"image array of dtype {image.dtype}: expected uint8 pixels (0..255)")

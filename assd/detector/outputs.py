@@ -36,6 +36,7 @@ class _TempOutput:
 
     def _rename(self) -> None:
         with writing(self.path):
+            os.chmod(self.temp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
             os.replace(self.temp, self.path)
 
     def discard(self) -> None:
