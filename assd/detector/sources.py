@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from assd.errors import UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 GLOB_CHARS = re.compile(r"[*?\[]")
+DECODE_WORKERS, DECODE_AHEAD = 4, 8  # image files decoded in parallel, this many ahead
 # FFMPEG's own log lines (a missing moov atom, a refused connection) off: each failure is said in one line
 # here. Read once, when OpenCV first uses FFMPEG; OPENCV_FFMPEG_LOGLEVEL=32 in the environment shows them.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -138,10 +142,18 @@ class ImageSource(Source):
         self.expected_frames = len(self.paths)
 
     def frames(self, stop: threading.Event, stride: int = 1) -> Iterator[Frame]:
-        for index in range(0, len(self.paths), stride):
-            if stop.is_set():
-                return
-            yield Frame(index, None, read_rgb_image(self.paths[index]), str(self.paths[index]))
+        """Decoded on ``DECODE_WORKERS`` threads, up to ``DECODE_AHEAD`` images ahead (OpenCV releases the GIL)."""
+        indices = iter(range(0, len(self.paths), stride))
+        with ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="assd-decode") as pool:
+            pending = deque((index, pool.submit(read_rgb_image, self.paths[index]))
+                            for index in itertools.islice(indices, DECODE_AHEAD))
+            while pending and not stop.is_set():
+                index, image = pending.popleft()
+                for following in itertools.islice(indices, 1):
+                    pending.append((following, pool.submit(read_rgb_image, self.paths[following])))
+                yield Frame(index, None, image.result(), str(self.paths[index]))
+            for _, future in pending:
+                future.cancel()
 
 
 class VideoSource(Source):
