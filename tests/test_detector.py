@@ -420,3 +420,29 @@ def test_detector_rejects_bad_arguments(artifacts):
         det.stream(".", stride=0)
     with pytest.raises(UserError, match="cannot detect in a dict"):
         det({})
+
+
+def test_bench_source_reports_end_to_end_next_to_model_only(artifacts, video, tmp_path, run_assd):
+    done = run_assd("bench", "--source", video, artifacts["onnx"], "--batch", "1,2", "--frames", "4", "--rounds", "1",
+                    "--device", "cpu", "--json", tmp_path / "bench.json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [row["batch"] for row in rows] == [1, 2] and all(row["frames"] == 4 for row in rows)
+    for row in rows:
+        assert row["fps_model"] > 0 and row["fps_end_to_end"] > 0
+        assert row["ratio"] == pytest.approx(row["fps_end_to_end"] / row["fps_model"])
+    assert "FPS (end to end)" in done.stdout and "load average" in done.stdout
+
+
+def test_fixed_batch_onnx_takes_any_number_of_images(tmp_path, photos):
+    from assd.export import export_onnx
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(get_config("assd-mini"), input_size=SIZE)).eval()
+    export_onnx(model, tmp_path / "fixed.onnx", batch=2)
+    export_onnx(model, tmp_path / "dynamic.onnx")
+    fixed = Detector(tmp_path / "fixed.onnx", device="cpu", batch_size=2, score_threshold=0.05)
+    dynamic = Detector(tmp_path / "dynamic.onnx", device="cpu", score_threshold=0.05)
+    assert same(fixed(photos[0]), dynamic(photos[0]))  # one image in a batch-2 graph
+    streamed = list(fixed.stream(photos[:3]))  # 2 + 1
+    assert all(same(r, dynamic(path)) for r, path in zip(streamed, photos[:3], strict=True))

@@ -14,6 +14,7 @@ the code ``assd predict``, ``assd eval`` and the demo run. A served model runs t
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from assd.errors import UserError
+from assd.runtime.padded import PaddedDetections
 from assd.runtime.pipeline import detect_images, detections_in_pixels
 from assd.runtime.postprocess import Detections, PostprocessConfig
 from assd.runtime.preprocess import preprocess
@@ -50,17 +52,31 @@ class LocalModel:
         check_runners_memory([self.runner], batch_size, "Detector")
         self.cfg, self.device, self.postprocess = self.runner.cfg, self.runner.device, self.runner.postprocess
         self.priors = priors_for(self.cfg).to(self.device)
+        # An ONNX file exported with a fixed batch takes exactly that many images: a shorter batch (the end
+        # of a stream, a single image) is padded with copies of its last image and the extra outputs dropped.
+        self.fixed_batch = self.runner.max_batch if self.runner.backend.startswith("onnxruntime") else None
+
+    def infer(self, batch: torch.Tensor):
+        count = batch.shape[0]
+        if self.fixed_batch is None or count >= self.fixed_batch:
+            return self.runner.infer_outputs(batch)
+        padded = torch.cat([batch, batch[-1:].expand(self.fixed_batch - count, *batch.shape[1:])])
+        outputs = self.runner.infer_outputs(padded)
+        if isinstance(outputs, PaddedDetections):
+            return dataclasses.replace(outputs, boxes=outputs.boxes[:count], scores=outputs.scores[:count],
+                                       classes=outputs.classes[:count], count=outputs.count[:count])
+        return tuple(output[:count] for output in outputs)
 
     def prepare(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return preprocess(images, self.cfg, device=self.device)
 
     def run(self, batch: torch.Tensor, sizes, postprocess_cfg: PostprocessConfig) -> list[Detections]:
         with torch.inference_mode():
-            outputs = self.runner.infer_outputs(batch)
+            outputs = self.infer(batch)
             return detections_in_pixels(outputs, sizes, self.cfg, postprocess_cfg, self.priors, self.device)
 
     def detect(self, images: Sequence[np.ndarray], postprocess_cfg: PostprocessConfig) -> list[Detections]:
-        return detect_images(self.runner.infer_outputs, images, self.cfg, postprocess_cfg, self.priors, self.device)
+        return detect_images(self.infer, images, self.cfg, postprocess_cfg, self.priors, self.device)
 
     def describe(self) -> dict:
         return self.runner.describe()
