@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import VOC_MINI
 from test_tensorrt_runner import _info, fake  # noqa: F401 - the fake TensorRT fixture
 
 from assd import Detector
@@ -63,12 +64,10 @@ def run_assd(capsys):
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """FRAMES real VOC photos, resized to VIDEO_SIZE and saved as PNG (lossless: every reader sees the same pixels)."""
-    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-mini"
-    if not root.exists():
-        root = Path("/work/shared/data/voc-mini")
+    root = Path(os.environ.get("ASSD_TEST_VOC_MINI", VOC_MINI))  # a worktree elsewhere can point to the photos
     found = sorted(root.rglob("*.jpg"))[:FRAMES]
     if len(found) < FRAMES:
-        pytest.skip(f"needs the VOC photos of ../shared/data/voc-mini ({root} has {len(found)})")
+        pytest.skip(f"real test data not found at {root} (needs {FRAMES} VOC photos of ../shared/data/voc-mini)")
     folder = tmp_path_factory.mktemp("photos")
     paths = []
     for index, path in enumerate(found):
