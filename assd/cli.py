@@ -51,10 +51,21 @@ def main(argv=None) -> None:
 
 def _register_commands() -> None:
     """Add every stage's commands to the group (imports stay light: heavy modules load inside commands)."""
-    from assd.commands import convert, demo, deploy, evaluation, models, precision, serve, tensorrt, training
+    from assd.commands import (
+        convert,
+        demo,
+        deploy,
+        evaluation,
+        models,
+        precision,
+        predict,
+        serve,
+        tensorrt,
+        training,
+    )
     cli.add_command(models.info)
     cli.add_command(evaluation.eval_command)
-    cli.add_command(evaluation.predict_command)
+    cli.add_command(predict.predict_command)
     cli.add_command(evaluation.attention_command)
     cli.add_command(training.train_command)
     cli.add_command(deploy.export_command)

@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "assd"
 # Lowest first. A package may import those before it; nothing may import the ones after it.
-STAGES = ("errors", "paths", "utils", "models", "runtime", "data", "remote", "export", "calibration",
+STAGES = ("errors", "paths", "utils", "models", "runtime", "data", "remote", "detector", "export", "calibration",
           "evaluation", "train", "bench", "precision", "engine", "serving", "convert", "demo", "commands", "cli")
 
 

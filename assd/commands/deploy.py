@@ -75,8 +75,13 @@ def export_command(model, to_onnx, output, opset, batch, with_postprocess, atten
 @click.option("--seconds", type=float, default=None, help="--server: seconds per level (instead of --requests).")
 @click.option("--images", multiple=True, help="--server: image files/folders to send (default: synthetic pixels).")
 @client_options
+@click.option("--source", "video", default=None, type=click.Path(dir_okay=False),
+              help="A video: end-to-end FPS of Detector.stream on it next to the model-only FPS, per artifact and batch.")
+@click.option("--frames", type=int, default=32, show_default=True, help="--source: frames per measurement.")
+@click.option("--rounds", type=int, default=3, show_default=True, help="--source: interleaved rounds (medians).")
 def bench(artifacts, batches, iters, warmup, device, precision, use_compile, json_out, csv_out, markdown_out,
-          reports, cuda_graph, server, concurrency, num_requests, seconds, images, api_key, timeout):
+          reports, cuda_graph, server, concurrency, num_requests, seconds, images, api_key, timeout, video, frames,
+          rounds):
     """Time ARTIFACTS (.pt, .onnx, .engine, presets): FPS, latency, stages, Table-2 columns."""
     from assd.bench.run import merge_reports, parse_batches, report_files, run_bench
 
@@ -88,6 +93,14 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
         run_server_bench(server, parse_concurrency(concurrency), num_requests, seconds, list(images) or None,
                          json_out=json_out, markdown_out=markdown_out, echo=click.echo, api_key=api_key,
                          timeout=timeout)
+        return
+    if video is not None:  # end to end on a video vs model only (assd/bench/source.py)
+        from assd.bench.source import run_source_bench
+
+        if not artifacts:
+            raise UserError("--source VIDEO times artifacts on it: name at least one (.pt, preset, .onnx, .engine)")
+        run_source_bench(list(artifacts), parse_batches(batches), video, frames=frames, rounds=rounds, device=device,
+                         json_out=json_out, markdown_out=markdown_out, echo=click.echo)
         return
     if reports:
         merge_reports(report_files(list(reports), list(artifacts)), markdown_out=markdown_out, csv_out=csv_out,

@@ -1,4 +1,4 @@
-"""``assd eval``, ``assd predict``, ``assd attention`` (issue 3)."""
+"""``assd eval``, ``assd attention`` (issue 3); ``assd predict`` is ``predict.py``."""
 
 from __future__ import annotations
 
@@ -124,39 +124,6 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
         record.setdefault("postprocess", None)  # unknown for a detections file
         record.update({"model": model_path, "detections": detections_path, "data": data_spec, "limit": limit})
         atomic_write_json(json_out, record)
-
-
-@click.command("predict")
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="Checkpoint (.pt), .onnx or .engine.")
-@click.argument("sources", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for detections.json and the images with boxes drawn.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@_postprocess_click_options(score_threshold=0.3)
-def predict_command(model_path, sources, out_dir, batch_size, device, score_threshold, nms_iou, top_k, max_detections):
-    """Detect objects in SOURCES (image files or folders): detections.json + images with boxes drawn."""
-    _check_batch_size(batch_size)  # options first: before the heavy imports
-    from assd.evaluation.predict import (
-        DETECTIONS_FILE,
-        collect_images,
-        output_names,
-        predict_images,
-        write_predictions,
-    )
-    from assd.paths import check_outputs
-    from assd.runtime.runners import artifact_files
-
-    paths = collect_images(sources)
-    check_outputs([*artifact_files(model_path), *sources, *paths],
-                  folders={"--out": (out_dir, [*output_names(paths, out_dir), DETECTIONS_FILE])})
-    runner = _open_checked_runner(model_path, device, batch_size, "predict")
-    pp_cfg = _postprocess_from_options(runner.cfg, score_threshold, nms_iou, top_k, max_detections)
-    detections = predict_images(runner.infer_outputs, paths, runner.cfg, pp_cfg, runner.device, batch_size)
-    json_path = write_predictions(out_dir, paths, detections, runner.cfg.class_names, pp_cfg)
-    total = sum(len(dets) for dets in detections)
-    click.echo(f"{total} detections in {len(paths)} images -> {json_path} and {len(paths)} drawn images in {out_dir}")
 
 
 @click.command("attention")

@@ -2,7 +2,8 @@
 
 ``predict_dataset`` works with any ``infer`` callable (a torch model or a runner of another backend),
 so training-time validation, ``assd eval``, and the backend-parity checks share one code path:
-``dataset.load_image`` -> ``assd.runtime.preprocess`` -> ``infer`` -> ``assd.runtime.postprocess``.
+``dataset.load_image`` -> ``assd.runtime.pipeline.detect_images`` (pre-processing, ``infer``,
+post-processing: the code ``assd.Detector`` runs).
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from assd.evaluation.results_json import dataset_label_table, label_ids_cover
 from assd.evaluation.voc import voc_average_precisions
 from assd.models.assd import priors_for
 from assd.models.config import ModelConfig
-from assd.runtime.padded import PaddedDetections
-from assd.runtime.postprocess import Detections, PostprocessConfig, detect
-from assd.runtime.preprocess import preprocess
+from assd.runtime.pipeline import detect_images
+from assd.runtime.postprocess import Detections, PostprocessConfig
 
 METRICS = ("voc07", "voc12", "coco")
 
@@ -126,11 +126,6 @@ def _image_batches(dataset, batch_size: int, workers: int = 4) -> Iterator[list[
             yield [pending.popleft().result() for _ in range(end - start)]
 
 
-def _to_torch(output, device) -> torch.Tensor:
-    tensor = output if isinstance(output, torch.Tensor) else torch.from_numpy(np.asarray(output))
-    return tensor.to(device)
-
-
 def predict_dataset(
     infer: Callable,
     dataset,
@@ -160,15 +155,7 @@ def predict_dataset(
     total = -(-len(dataset) // batch_size)
     for images in tqdm(_image_batches(dataset, batch_size), total=total, desc="predict", unit="batch",
                        disable=not progress, leave=False):
-        batch = preprocess(images, cfg, device=device)
-        with torch.inference_mode():
-            outputs = infer(batch)
-            if isinstance(outputs, PaddedDetections):  # an artifact exported --with-postprocess
-                per_image = outputs.unpad(postprocess_cfg)
-            else:
-                loc, conf = outputs
-                per_image = detect(_to_torch(loc, device), _to_torch(conf, device), cfg, postprocess_cfg, priors)
-        detections.extend(dets.to_pixels(image.shape[1], image.shape[0]) for dets, image in zip(per_image, images))
+        detections.extend(detect_images(infer, images, cfg, postprocess_cfg, priors, device))
     table = dataset_label_table(cfg, dataset) if hasattr(dataset, "class_names") else None
     return detections if table is None else [dets.relabel(table) for dets in detections]
 

@@ -1,8 +1,7 @@
-"""``assd predict``: detections for image files, written as JSON and as images with boxes drawn.
+"""``assd predict``'s image outputs: detections.json and the images with boxes drawn.
 
-Inference is any ``infer`` callable (``images [B, 3, S, S] -> (loc, conf)``), so a checkpoint, an ONNX
-session or a TensorRT engine can be plugged in; this module only needs the network's geometry
-(``ModelConfig``: input size, mean/std, variances, class names) and its priors.
+The detections come from ``assd.Detector`` (``assd/commands/predict.py``); ``predict_images`` runs any
+``infer`` callable over image files through the same ``assd.runtime.pipeline`` (parity tests use it).
 """
 
 from __future__ import annotations
@@ -15,15 +14,16 @@ from pathlib import Path
 import torch
 
 from assd.data import read_rgb_image
-from assd.errors import UserError
+from assd.detector.sources import IMAGE_SUFFIXES, collect_images
 from assd.evaluation.evaluate import predict_dataset
 from assd.evaluation.visualize import draw_detections, write_image
 from assd.paths import writing
 from assd.runtime.postprocess import Detections, PostprocessConfig
 from assd.utils import atomic_write_text
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DETECTIONS_FILE = "detections.json"
+__all__ = ["DETECTIONS_FILE", "IMAGE_SUFFIXES", "ImageFiles", "collect_images", "output_names", "predict_images",
+           "write_predictions"]
 
 
 class ImageFiles:
@@ -37,26 +37,6 @@ class ImageFiles:
 
     def load_image(self, index: int):
         return read_rgb_image(str(self.paths[index]))  # UserError naming the file when unreadable
-
-
-def collect_images(sources: Sequence[str | os.PathLike]) -> list[Path]:
-    """Image files of ``sources`` (files, or folders whose image files are taken, sorted), without repeats."""
-    paths, seen = [], set()
-    for source in sources:
-        source = Path(source)
-        if source.is_dir():
-            found = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise UserError(f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-        elif source.is_file():
-            found = [source]
-        else:
-            raise UserError(f"{source}: no such image file or folder")
-        for path in found:
-            if path.resolve() not in seen:
-                seen.add(path.resolve())
-                paths.append(path)
-    return paths
 
 
 def output_names(paths: Sequence[Path], out_dir: str | os.PathLike | None = None) -> list[str]:
