@@ -58,9 +58,11 @@ def _check_options(batch_size: int, stride: int, max_frames: int | None, timeout
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar with the live FPS.")
+@click.option("--api-key", default=None, envvar="ASSD_API_KEY", show_envvar=True,
+              help="--model URL: the key of 'assd serve --api-key' (sent as the header x-api-key).")
 @_postprocess_click_options(score_threshold=0.3)
 def predict_command(model_path, sources, out_dir, save_video, stride, max_frames, timeout, drop_frames, batch_size,
-                    device, progress, score_threshold, nms_iou, top_k, max_detections):
+                    device, progress, api_key, score_threshold, nms_iou, top_k, max_detections):
     """Detect objects in SOURCES: image files, folders and globs (detections.json + drawn images), video
     files, camera indices and RTSP/HTTP stream URLs (NAME.jsonl, one line per frame; --save-video)."""
     _check_options(batch_size, stride, max_frames, timeout)  # options first: before the heavy imports
@@ -83,7 +85,7 @@ def predict_command(model_path, sources, out_dir, save_video, stride, max_frames
     local_sources = [source for source, kind in streams if kind == "video"]
     check_outputs([*model_inputs, *image_sources, *local_sources, *paths], folders={"--out": (out_dir, names)})
     detector = Detector(model_path, device=device, batch_size=batch_size, score_threshold=score_threshold,
-                        nms_iou=nms_iou, top_k=top_k, max_detections=max_detections)
+                        nms_iou=nms_iou, top_k=top_k, max_detections=max_detections, api_key=api_key)
     try:
         if paths:
             _predict_images(detector, paths, out_dir, stride, write_predictions)

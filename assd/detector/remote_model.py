@@ -8,7 +8,6 @@ driven by an asyncio loop on a private thread (the client is async, the ``Detect
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
 from collections.abc import Sequence
 
@@ -30,13 +29,7 @@ class RemoteModel:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="assd-remote-client", daemon=True)
         self.thread.start()
-        options = {"timeout_s": timeout}
-        accepted = inspect.signature(DetectionClient.__init__).parameters
-        if api_key is not None:
-            if "api_key" not in accepted:
-                self.close()
-                raise UserError(f"{url}: this assd's client sends no API keys: leave api_key unset")
-            options["api_key"] = api_key
+        options = {"timeout": timeout, "api_key": api_key}
         try:
             self.client = self._call(self._open(options))
         except BaseException:
