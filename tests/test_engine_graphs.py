@@ -66,9 +66,11 @@ def test_build_engine_lowers_attention_before_saying_tensorrt_is_missing(attenti
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else real(name, *a))
     with pytest.raises(UserError, match="not installed") as error:
         build_engine(str(attention_op_onnx), str(tmp_path / "mini.engine"), EngineOptions(), echo=lambda _: None)
-    lowered = tmp_path / "mini.att.lowered.onnx"
+    lowered = tmp_path / "mini.att.fp32.onnx"  # the composed graph beside the engine, named by its precision
     assert str(lowered) in str(error.value)
-    assert not any(node.op_type == "Attention" for node in onnx.load(str(lowered)).graph.node)
+    graph = onnx.load(str(lowered))
+    assert not any(node.op_type == "Attention" for node in graph.graph.node)
+    assert [e.version for e in graph.opset_import if e.domain in ("", "ai.onnx")] == [18]  # not the export's 23
     assert read_metadata(lowered).model_config.name == "assd-mini"  # the metadata travels with it
 
 

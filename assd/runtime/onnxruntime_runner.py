@@ -9,6 +9,7 @@ import torch
 
 from assd.errors import UserError, short_reason
 from assd.runtime.base import Runner
+from assd.runtime.fp16_preview import preview_session
 from assd.runtime.metadata import read_metadata
 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -51,7 +52,11 @@ class OnnxRuntimeRunner(Runner):
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+            if requested[0] == "CPUExecutionProvider" and self.precision != "fp32":
+                # fp16 tensors rounded as the engine stores them (ORT's CPU provider would run them in fp32)
+                self.session = preview_session(path, options)
+            else:
+                self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
         except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable": reported as one line
             raise UserError(f"{path}: ONNX Runtime cannot load it ({short_reason(exc)})") from None
         self.providers = list(self.session.get_providers())
