@@ -150,6 +150,10 @@ class _Casts:
         return self.made[key]
 
 
+def _node_key(node: onnx.NodeProto) -> tuple:
+    return node.name, tuple(node.output)
+
+
 def convert_to_fp16(model: onnx.ModelProto, block: Iterable[onnx.NodeProto] | None = None,
                     keep_fp32: Iterable[str] = (), notes: list[str] | None = None) -> onnx.ModelProto:
     """A float16 copy of ``model`` with float32 inputs/outputs; ``block`` (default: ``default_fp32_nodes``)
@@ -163,17 +167,18 @@ def convert_to_fp16(model: onnx.ModelProto, block: Iterable[onnx.NodeProto] | No
         raise ValueError("graphs with subgraphs (If/Loop/Scan) are not supported by the fp16 conversion")
     types = tensor_types(model)
     block = default_fp32_nodes(graph) if block is None else list(block)
-    blocked = {id(node) for node in block + nodes_of_tensors(graph, keep_fp32)}
+    # Nodes are told apart by (name, outputs): protobuf's Python wrappers are not stable objects, so id() is not.
+    blocked = {_node_key(node) for node in block + nodes_of_tensors(graph, keep_fp32)}
     is_float = {name for name, elem in types.items() if elem == FLOAT}
     graph_outputs = {value.name for value in graph.output}
 
     # The "home" type of every float tensor: float16 if a converted node or converted initializer makes it.
-    consumers_fp16 = {name for node in graph.node if id(node) not in blocked
+    consumers_fp16 = {name for node in graph.node if _node_key(node) not in blocked
                       for index, name in enumerate(node.input)
                       if index not in FLOAT32_ONLY_INPUTS.get(node.op_type, ())}
     home_fp16 = {init.name for init in graph.initializer if init.name in is_float and init.name in consumers_fp16}
     for node in graph.node:
-        if id(node) not in blocked:
+        if _node_key(node) not in blocked:
             home_fp16.update(name for name in node.output if name in is_float)
     for index, init in enumerate(graph.initializer):
         if init.name in home_fp16:
@@ -183,7 +188,7 @@ def convert_to_fp16(model: onnx.ModelProto, block: Iterable[onnx.NodeProto] | No
     renamed = {name: f"{name}/fp16" for name in graph_outputs if name in home_fp16}
     casts, new_nodes = _Casts(), []
     for node in graph.node:
-        converted = id(node) not in blocked
+        converted = _node_key(node) not in blocked
         for index, name in enumerate(node.input):
             if name not in is_float:
                 continue
