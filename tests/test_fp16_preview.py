@@ -181,3 +181,46 @@ def test_constants_that_underflow_or_overflow_fp16_are_flushed_or_clipped_with_a
     assert values["eps"] == float(np.finfo(np.float16).smallest_subnormal) and values["big"] == FP16_MAX
     assert any("eps" in note and "flushed" in note for note in notes)
     assert any("big" in note and "clipped" in note for note in notes)
+
+
+def test_a_premade_fp16_graph_that_overflows_is_refused_naming_the_tensor(outlier_onnx, tmp_path):
+    from assd.errors import UserError
+    from assd.export.fp16 import write_fp16_onnx
+
+    fp32_path, tensors = outlier_onnx
+    fp16_path = tmp_path / "mini.fp16.onnx"
+    write_fp16_onnx(str(fp32_path), str(fp16_path), echo=lambda _: None)
+    with pytest.raises(UserError, match=tensors[0]) as error:
+        compose_precision_graph(str(fp16_path), str(tmp_path / "mini.engine"), read_metadata(fp16_path), "fp16",
+                                CalibrationOptions(data="synthetic:2", images=2), echo=lambda _: None)
+    assert "--fp16" in str(error.value) and not (tmp_path / "mini.fp16.fp16.onnx").exists()
+
+
+def test_debug_precision_reports_the_fp16_range_audit(outlier_onnx):
+    from assd.data import parse_data_spec
+    from assd.precision.debugger import report_fp16_range
+    from assd.precision.evaluator import EvalImages
+
+    fp32_path, tensors = outlier_onnx
+    lines = []
+    audit = report_fp16_range(onnx.load(str(fp32_path)), read_metadata(fp32_path),
+                              EvalImages(parse_data_spec("synthetic:2"), 2), "synthetic:2", echo=lines.append)
+    assert set(tensors) <= set(audit.overflow)
+    assert "build-engine --fp16 keeps in float32" in lines[0] and any(tensors[1] in line for line in lines[1:])
+
+
+@pytest.mark.slow
+def test_audit_names_the_overflowing_tensors_of_random_weight_assd321(tmp_path):
+    """Full size: random-weight assd321's head outputs reach ~1e5 (issue 22); the audit must name them."""
+    torch.manual_seed(0)
+    fp32_path = tmp_path / "assd321.onnx"
+    export_onnx(build_model(get_config("assd321")).eval(), fp32_path)
+    lines = []
+    graph = compose_precision_graph(str(fp32_path), str(tmp_path / "assd321.engine"), read_metadata(fp32_path),
+                                    "fp16", CalibrationOptions(data="synthetic:1", images=1), echo=lines.append)
+    kept = read_fp16_range(graph)
+    assert kept and max(kept.values()) > FP16_MAX, lines
+    fp32 = onnx.load(str(fp32_path))
+    heads = {n.output[0] for n in fp32.graph.node if n.op_type == "Conv" and n.input[1].startswith("conf_heads.")}
+    assert heads & set(kept), (sorted(kept)[:5], lines[:3])
+    assert not set(kept) & fp16_source_tensors(onnx.load(graph))

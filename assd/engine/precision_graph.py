@@ -35,6 +35,7 @@ from assd.calibration.fp16_range import (
     set_fp16_range,
 )
 from assd.calibration.recipe import read_kept_high, set_kept_high
+from assd.errors import UserError
 from assd.export.onnx_export import DEFAULT_OPSET
 from assd.runtime.fp16_preview import has_float16
 from assd.runtime.metadata import OnnxMetadata, load_onnx, read_metadata, set_metadata
@@ -108,6 +109,23 @@ def fp16_base(model: onnx.ModelProto, metadata: OnnxMetadata, calibration=None,
     return converted, audit
 
 
+def check_fp16_graph(model: onnx.ModelProto, metadata: OnnxMetadata, calibration, source: str,
+                     echo: Callable[[str], None] = print) -> None:
+    """A graph that already holds float16 tensors (``export --precision fp16``, a gated build's graph) is
+    audited on its float32 twin (``rounding_graph(..., rounding=False)``: fp16 weights, fp32 activations)
+    and refused, naming the tensors, when any leaves float16's range: it cannot be converted again."""
+    from assd.runtime.fp16_preview import float16_tensors, rounding_graph
+
+    wanted = min(calibration.images, AUDIT_IMAGES) if calibration is not None and calibration.data else AUDIT_IMAGES
+    batches, images = _image_batches(metadata, calibration, wanted)
+    audit = audit_fp16_range(rounding_graph(model, rounding=False), float16_tensors(model), batches, source=images)
+    echo(audit.summary().replace("kept in float32", "in this fp16 graph"))
+    if audit.kept_fp32:
+        raise UserError(f"{source}: {len(audit.kept_fp32)} fp16 tensor(s) leave float16's range on {images} "
+                        f"({'; '.join(audit.lines()[:3])}): the engine would compute inf/NaN; build from the fp32 "
+                        "export with --fp16 / --int8 (the audit then keeps them fp32)")
+
+
 def compose_precision_graph(onnx_path: str, output: str, metadata: OnnxMetadata, precision: str, calibration,
                             echo: Callable[[str], None] = print) -> str:
     """The ONNX file to build the ``precision`` engine ``output`` from (see the module docstring):
@@ -120,6 +138,8 @@ def compose_precision_graph(onnx_path: str, output: str, metadata: OnnxMetadata,
     lowered = lower_for_tensorrt(model, onnx_path, echo)
     quantize = precision == "int8" and metadata.precision == "fp32"
     to_fp16 = precision in ("fp16", "int8") and not has_float16(model)
+    if precision in ("fp16", "int8") and not to_fp16:
+        check_fp16_graph(lowered or model, metadata, calibration, onnx_path, echo)
     if lowered is None and not quantize and not to_fp16:
         return str(onnx_path)
     target = precision_graph_path(onnx_path, output, precision)

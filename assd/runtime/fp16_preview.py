@@ -65,9 +65,11 @@ def _rounding(raw: str, name: str) -> list[onnx.NodeProto]:
             helper.make_node("Cast", [half], [name], name=f"{name}/preview_fp32_node", to=FLOAT)]
 
 
-def rounding_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+def rounding_graph(model: onnx.ModelProto, rounding: bool = True) -> onnx.ModelProto:
     """The float32 graph computing ``model`` (any graph with float16 tensors) with every float16 tensor
-    rounded to float16; inputs and outputs keep their names (float16 ones become float32)."""
+    rounded to float16; inputs and outputs keep their names (float16 ones become float32). ``rounding``
+    False: no rounding at all (the float32 twin of an fp16 graph, its tensors under their own names: what
+    the fp16 range audit measures when no fp32 graph is at hand)."""
     fp16 = float16_tensors(model)
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
@@ -76,7 +78,7 @@ def rounding_graph(model: onnx.ModelProto) -> onnx.ModelProto:
             graph.initializer[index].CopyFrom(_to_float32(init))
     nodes: list[onnx.NodeProto] = []
     for value in graph.input:
-        if value.name in fp16:  # a float16 graph input: fed float32, rounded before use
+        if value.name in fp16 and rounding:  # a float16 graph input: fed float32, rounded before use
             value.type.tensor_type.elem_type = FLOAT
             raw = f"{value.name}/preview_input"
             nodes += _rounding(raw, value.name)
@@ -89,11 +91,11 @@ def rounding_graph(model: onnx.ModelProto) -> onnx.ModelProto:
                 attribute.i = FLOAT
         rounded = []
         for index, name in enumerate(node.output):
-            if name in fp16:
+            if name in fp16 and rounding:
                 node.output[index] = f"{name}/preview_raw"
                 rounded += _rounding(node.output[index], name)
         nodes += [node, *rounded]
-    for value in graph.output:
+    for value in list(graph.input) + list(graph.output):
         if value.type.tensor_type.elem_type == FLOAT16:
             value.type.tensor_type.elem_type = FLOAT
     del graph.node[:]
