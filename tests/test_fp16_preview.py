@@ -224,3 +224,30 @@ def test_audit_names_the_overflowing_tensors_of_random_weight_assd321(tmp_path):
     heads = {n.output[0] for n in fp32.graph.node if n.op_type == "Conv" and n.input[1].startswith("conf_heads.")}
     assert heads & set(kept), (sorted(kept)[:5], lines[:3])
     assert not set(kept) & fp16_source_tensors(onnx.load(graph))
+
+
+@pytest.mark.slow
+def test_faithful_fp16_preview_of_a_trained_assd_mini_still_agrees(tmp_path):
+    """The rounding preview changes numbers only where fp16 really rounds: a trained model's fp16 graph
+    (composed by the engine stage) keeps its mAP and its detections."""
+    import dataclasses
+
+    from assd.data.synthetic import SyntheticDataset
+    from assd.evaluation.engine_parity import eval_engine
+    from assd.train import TrainOptions, train
+
+    samples = SyntheticDataset(8, 0, train=False, input_size=128)
+    cfg = dataclasses.replace(get_config("assd-mini"), input_size=128)
+    result = train(TrainOptions(model=cfg, data=samples, out=tmp_path / "run", recipe="quick", epochs=20,
+                                milestones=(17,), warmup_epochs=1, lr=2e-3, batch_size=8, workers=0, device="cpu",
+                                progress=False, tensorboard=False))
+    fp32_path = tmp_path / "mini.onnx"
+    from assd.models.checkpoint import load_model
+
+    export_onnx(load_model(str(result.last_checkpoint)), fp32_path)
+    graph = compose_precision_graph(str(fp32_path), str(tmp_path / "mini.engine"), read_metadata(fp32_path), "fp16",
+                                    CalibrationOptions(data="synthetic:8", images=8), echo=lambda _: None)
+    parity = eval_engine(graph, "synthetic:8", reference=str(result.last_checkpoint), tolerance=0.3, device="cpu",
+                         progress=False)
+    assert parity.reference.mAP > 0.5, parity.reference.mAP  # the model detects its images
+    assert parity.passed and parity.agreement >= 0.9, (parity.delta_points, parity.agreement)
