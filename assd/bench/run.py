@@ -43,7 +43,9 @@ def run_bench(artifacts: list[str], batch_sizes: list[int], iters: int = 20, war
         raise UserError(f"--iters {iters} / --warmup {warmup}: need iters >= 1 and warmup >= 0")
     inputs = [path for artifact in artifacts for path in artifact_files(artifact)]
     check_outputs(inputs, files={"--json": json_out, "--csv": csv_out, "--markdown": markdown_out})
-    runners = [open_runner(a, device=device, precision=precision, compile=compile) for a in artifacts]
+    # fp16_preview off: time what ONNX Runtime runs, not the rounding preview (assd.runtime.fp16_preview)
+    runners = [open_runner(a, device=device, precision=precision, compile=compile, fp16_preview=False)
+               for a in artifacts]
     for runner in runners:
         for batch_size in batch_sizes:
             runner.check_batch(batch_size)

@@ -36,7 +36,8 @@ class OnnxRuntimeRunner(Runner):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str, device: torch.device, provider: str | None = None, threads: int | None = None):
+    def __init__(self, path: str, device: torch.device, provider: str | None = None, threads: int | None = None,
+                 fp16_preview: bool = True):
         super().__init__()
         import onnxruntime as ort
 
@@ -52,7 +53,7 @@ class OnnxRuntimeRunner(Runner):
         if threads:
             options.intra_op_num_threads = threads
         try:
-            if requested[0] == "CPUExecutionProvider" and self.precision != "fp32":
+            if fp16_preview and requested[0] == "CPUExecutionProvider" and self.precision != "fp32":
                 # fp16 tensors rounded as the engine stores them (ORT's CPU provider would run them in fp32)
                 self.session = preview_session(path, options)
             else:
