@@ -74,6 +74,15 @@ def test_build_engine_lowers_attention_before_saying_tensorrt_is_missing(attenti
     assert read_metadata(lowered).model_config.name == "assd-mini"  # the metadata travels with it
 
 
+def test_the_lowered_graph_never_replaces_the_timing_cache(attention_op_onnx, tmp_path):
+    cache = tmp_path / "mini.att.fp32.onnx"  # named like the lowered graph the build would write
+    cache.write_bytes(b"timing cache")
+    with pytest.raises(UserError, match="timing-cache"):
+        build_engine(str(attention_op_onnx), str(tmp_path / "mini.engine"), EngineOptions(timing_cache=str(cache)),
+                     echo=lambda _: None)
+    assert cache.read_bytes() == b"timing cache"
+
+
 def _attention_graph(scale: float | None = 0.5, mask: bool = False, causal: int = 0) -> onnx.ModelProto:
     shapes = {"q": [2, 1, 6, 4], "k": [2, 1, 6, 4], "v": [2, 1, 6, 8]}
     inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in shapes.items()]

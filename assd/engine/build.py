@@ -26,7 +26,7 @@ import assd
 from assd.calibration.cache import sha256_file
 from assd.calibration.fp16_range import read_fp16_range
 from assd.calibration.recipe import read_kept_high
-from assd.engine.precision_graph import compose_precision_graph, precision_graph_path  # noqa: F401 (API)
+from assd.engine.precision_graph import compose_precision_graph, precision_graph_path  # noqa: F401
 from assd.errors import UserError
 from assd.runtime.engine_info import HARDWARE_COMPAT_LEVELS, EngineInfo, check_build_target, sidecar_path
 from assd.runtime.metadata import OnnxMetadata, read_metadata
@@ -117,7 +117,8 @@ def build_engine(onnx_path: str, output: str, options: EngineOptions,
                  echo: Callable[[str], None] = print) -> EngineInfo:
     """Build ``output`` (+ ``output.json``) from ``onnx_path``; see the module docstring for the order."""
     metadata, precision, batch = check_options(onnx_path, output, options)
-    graph = make_precision_graph(onnx_path, output, metadata, precision, options.calibration, echo)
+    graph = compose_precision_graph(onnx_path, output, metadata, precision, options.calibration, echo,
+                                    other_outputs={"--timing-cache": options.timing_cache})
     where = f" (the {precision} graph is {graph}: build it on a GPU machine with 'assd build-engine {graph} -o {output}')"
     try:
         require_tensorrt("building a TensorRT engine")

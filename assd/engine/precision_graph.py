@@ -127,10 +127,12 @@ def check_fp16_graph(model: onnx.ModelProto, metadata: OnnxMetadata, calibration
 
 
 def compose_precision_graph(onnx_path: str, output: str, metadata: OnnxMetadata, precision: str, calibration,
-                            echo: Callable[[str], None] = print) -> str:
+                            echo: Callable[[str], None] = print, other_outputs: dict | None = None) -> str:
     """The ONNX file to build the ``precision`` engine ``output`` from (see the module docstring):
     ``onnx_path`` itself when nothing is to change, else the composed graph written beside the engine.
-    ``calibration``: an object with ``data``, ``images``, ``method``, ``cache`` (``--calib-*``)."""
+    ``calibration``: an object with ``data``, ``images``, ``method``, ``cache`` (``--calib-*``);
+    ``other_outputs``: ``{option: path}`` the command also writes (``--timing-cache``), which the graph may
+    not land on."""
     from assd.export.onnx_export import check_and_serialize
     from assd.paths import check_outputs, temp_dir
 
@@ -144,7 +146,8 @@ def compose_precision_graph(onnx_path: str, output: str, metadata: OnnxMetadata,
         return str(onnx_path)
     target = precision_graph_path(onnx_path, output, precision)
     check_outputs([onnx_path, calibration.data if calibration is not None else None],
-                  files={"-o": output, "the precision graph": target})
+                  files={"-o": output, "the precision graph": target, **(other_outputs or {}),
+                         "--calib-cache": calibration.cache if calibration is not None else None})
     with temp_dir("engine-graph") as tmp:
         source = Path(onnx_path)
         if lowered is not None:
