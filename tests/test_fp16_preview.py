@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from test_tensorrt_build import fake_builder  # noqa: F401 - TensorRT faked on an 'L4' (fixture)
 
 from assd.calibration.fp16_range import FP16_MAX, audit_fp16_range, read_fp16_range
 from assd.engine.build import CalibrationOptions
@@ -262,3 +263,15 @@ def test_faithful_fp16_preview_of_a_trained_assd_mini_still_agrees(tmp_path):
                          progress=False)
     assert parity.reference.mAP > 0.5, parity.reference.mAP  # the model detects its images
     assert parity.passed and parity.agreement >= 0.9, (parity.delta_points, parity.agreement)
+
+
+def test_the_engine_sidecar_records_the_tensors_the_audit_kept_fp32(outlier_onnx, fake_builder, tmp_path):  # noqa: F811
+    from assd.engine.build import EngineOptions, build_engine
+    from assd.runtime.engine_info import read_engine_info
+
+    fp32_path, tensors = outlier_onnx
+    engine = tmp_path / "mini.engine"
+    build_engine(str(fp32_path), str(engine), EngineOptions(precision="fp16", calibration=CalibrationOptions(
+        data="synthetic:2", images=2)), echo=lambda _: None)
+    kept = read_engine_info(engine).fp16_range_kept
+    assert set(tensors) <= set(kept) and kept == read_fp16_range(tmp_path / "mini.fp16.onnx")
