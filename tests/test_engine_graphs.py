@@ -3,7 +3,7 @@
 * ``--attention-op`` exports: their ``Attention`` nodes are lowered to MatMul -> Softmax -> MatMul
   (TensorRT's IAttention needs equal Q/K/V head sizes) and compute the same numbers.
 * ``--with-postprocess`` graphs: the NMS candidates are capped (TensorRT's NMS sees at most 5000 boxes
-  per image, its TopK takes K <= 3840) and the capped graph gives the torch post-processing's detections
+  per image, its TopK takes K below 3840: assd caps at 3000) and the capped graph gives the torch post-processing's detections
   even where the cap decides which candidates enter NMS.
 """
 
@@ -66,10 +66,21 @@ def test_build_engine_lowers_attention_before_saying_tensorrt_is_missing(attenti
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else real(name, *a))
     with pytest.raises(UserError, match="not installed") as error:
         build_engine(str(attention_op_onnx), str(tmp_path / "mini.engine"), EngineOptions(), echo=lambda _: None)
-    lowered = tmp_path / "mini.att.lowered.onnx"
+    lowered = tmp_path / "mini.att.fp32.onnx"  # the composed graph beside the engine, named by its precision
     assert str(lowered) in str(error.value)
-    assert not any(node.op_type == "Attention" for node in onnx.load(str(lowered)).graph.node)
+    graph = onnx.load(str(lowered))
+    assert not any(node.op_type == "Attention" for node in graph.graph.node)
+    assert [e.version for e in graph.opset_import if e.domain in ("", "ai.onnx")] == [18]  # not the export's 23
     assert read_metadata(lowered).model_config.name == "assd-mini"  # the metadata travels with it
+
+
+def test_the_lowered_graph_never_replaces_the_timing_cache(attention_op_onnx, tmp_path):
+    cache = tmp_path / "mini.att.fp32.onnx"  # named like the lowered graph the build would write
+    cache.write_bytes(b"timing cache")
+    with pytest.raises(UserError, match="timing-cache"):
+        build_engine(str(attention_op_onnx), str(tmp_path / "mini.engine"), EngineOptions(timing_cache=str(cache)),
+                     echo=lambda _: None)
+    assert cache.read_bytes() == b"timing cache"
 
 
 def _attention_graph(scale: float | None = 0.5, mask: bool = False, causal: int = 0) -> onnx.ModelProto:
@@ -141,7 +152,8 @@ def test_capped_postprocess_graph_gives_the_torch_detections_where_the_cap_decid
         assert matched == n and score_diff < 1e-5
     top_k_nodes = [node for node in model.graph.node if node.op_type == "TopK"]
     constants = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
-    assert all(int(constants[node.input[1]].max()) <= 3840 for node in top_k_nodes)  # TensorRT's TopK limit
+    # TensorRT's TopK: "up to 3840" (NvInfer.h), "less than 3840" (onnx-tensorrt): kept clearly below both
+    assert max(int(constants[node.input[1]].max()) for node in top_k_nodes) == MAX_NMS_CANDIDATES <= 0.8 * 3840
 
 
 def test_postprocess_graph_outputs_have_a_fixed_shape_for_every_batch():

@@ -63,7 +63,9 @@ def run_bench(artifacts: list[str], batch_sizes: list[int], iters: int = 20, war
                         f"{', '.join(artifacts)} is one: drop --cuda-graph or add an engine")
     inputs = [path for artifact in artifacts for path in artifact_files(artifact)]
     check_outputs(inputs, files={"--json": json_out, "--csv": csv_out, "--markdown": markdown_out})
-    runners = [open_runner(a, device=device, precision=precision, compile=compile, cuda_graph=cuda_graph)
+    # fp16_preview off: time what ONNX Runtime runs, not the rounding preview (assd.runtime.fp16_preview)
+    runners = [open_runner(a, device=device, precision=precision, compile=compile, cuda_graph=cuda_graph,
+                           fp16_preview=False)
                for a in artifacts]
     for runner in runners:
         for batch_size in batch_sizes:

@@ -24,7 +24,9 @@ import torch
 
 import assd
 from assd.calibration.cache import sha256_file
+from assd.calibration.fp16_range import read_fp16_range
 from assd.calibration.recipe import read_kept_high
+from assd.engine.precision_graph import compose_precision_graph, precision_graph_path  # noqa: F401
 from assd.errors import UserError
 from assd.runtime.engine_info import HARDWARE_COMPAT_LEVELS, EngineInfo, check_build_target, sidecar_path
 from assd.runtime.metadata import OnnxMetadata, read_metadata
@@ -105,39 +107,18 @@ def check_options(onnx_path: str, output: str, options: EngineOptions) -> tuple[
     return metadata, precision, BatchRange.parse(options.batch, metadata.fixed_batch)
 
 
-def precision_graph_path(onnx_path: str, output: str, precision: str) -> Path:
-    """Where the fp16 / int8 graph made for an engine goes: beside the engine, named after the ONNX."""
-    return Path(output).parent / f"{Path(onnx_path).stem}.{precision}.onnx"
-
-
 def make_precision_graph(onnx_path: str, output: str, metadata: OnnxMetadata, precision: str,
                          calibration: CalibrationOptions, echo: Callable[[str], None] = print) -> str:
-    """The ONNX file to build: ``onnx_path`` itself when it already has ``precision``, else the converted
-    (fp16) or calibrated (int8) graph, written beside the engine."""
-    if precision == metadata.precision:
-        return str(onnx_path)
-    target = precision_graph_path(onnx_path, output, precision)
-    if precision == "fp16":
-        from assd.export.fp16 import write_fp16_onnx
-
-        write_fp16_onnx(onnx_path, str(target))
-        echo(f"wrote the fp16 graph {target} (attention scores and softmax in fp32, I/O fp32)")
-    else:
-        from assd.calibration import quantize_int8
-
-        result = quantize_int8(onnx_path, str(target), calibration.data, num_images=calibration.images,
-                               method=calibration.method, cache_path=calibration.cache, echo=echo)
-        echo(f"wrote the int8 Q/DQ graph {target} ({result.quantized_nodes} Conv quantized, "
-             f"{len(result.excluded_nodes)} attention nodes kept in float)")
-    return str(target)
+    """The ONNX file to build (``assd.engine.precision_graph.compose_precision_graph``)."""
+    return compose_precision_graph(onnx_path, output, metadata, precision, calibration, echo)
 
 
 def build_engine(onnx_path: str, output: str, options: EngineOptions,
                  echo: Callable[[str], None] = print) -> EngineInfo:
     """Build ``output`` (+ ``output.json``) from ``onnx_path``; see the module docstring for the order."""
     metadata, precision, batch = check_options(onnx_path, output, options)
-    graph = make_precision_graph(onnx_path, output, metadata, precision, options.calibration, echo)
-    graph = lowered_graph(graph, output, echo)
+    graph = compose_precision_graph(onnx_path, output, metadata, precision, options.calibration, echo,
+                                    other_outputs={"--timing-cache": options.timing_cache})
     where = f" (the {precision} graph is {graph}: build it on a GPU machine with 'assd build-engine {graph} -o {output}')"
     try:
         require_tensorrt("building a TensorRT engine")
@@ -158,28 +139,13 @@ def build_engine(onnx_path: str, output: str, options: EngineOptions,
         outputs=metadata.outputs, version_compatible=options.version_compatible,
         hardware_compatibility=options.hardware_compat, tf32=options.tf32, assd_version=assd.__version__,
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        class_names=list(metadata.model_config.class_names), kept_high=read_kept_high(graph))
+        class_names=list(metadata.model_config.class_names), kept_high=read_kept_high(graph),
+        fp16_range_kept=read_fp16_range(graph))
     atomic_write_json(sidecar_path(output), info.to_dict())
     echo(f"wrote {output} ({len(plan) / 1e6:.1f} MB, TensorRT {info.tensorrt_version}, {info.gpu_name} "
          f"sm_{capability[0]}{capability[1]}, {precision}, batch {batch.min}:{batch.opt}:{batch.max}) and "
          f"{sidecar_path(output).name}")
     return info
-
-
-def lowered_graph(graph: str, output: str, echo: Callable[[str], None] = print) -> str:
-    """``graph`` itself, or when it has ``Attention`` nodes the lowered copy written beside the engine."""
-    from assd.export.attention_lowering import lower_attention
-    from assd.runtime.metadata import load_onnx
-
-    model = load_onnx(graph)
-    count = lower_attention(model, source=graph)
-    if not count:
-        return graph
-    target = Path(output).parent / f"{Path(graph).stem}.lowered.onnx"
-    atomic_write_bytes(target, model.SerializeToString())
-    echo(f"wrote {target}: {count} Attention nodes as MatMul -> Softmax -> MatMul (TensorRT's IAttention needs "
-         "equal query/key/value head sizes; ASSD's values are 8x wider)")
-    return str(target)
 
 
 def _parse(trt, network, logger, graph: str) -> None:

@@ -11,7 +11,7 @@ Written as ONNX nodes (onnx.helper) because no exporter maps torchvision's NMS t
 The candidates are capped *before* ``NonMaxSuppression``, as in ``assd.runtime.postprocess``, so ONNX
 Runtime, TensorRT and the torch path compute the same detections: per image and class the ``top_k``
 best anchors (``TopK``), then per image the ``MAX_NMS_CANDIDATES`` best of those (TensorRT's NMS layer
-considers at most 5000 boxes per image and its TopK takes K <= 3840; see ``assd.runtime.postprocess``).
+considers at most 5000 boxes per image and its TopK takes K below 3840; see ``assd.runtime.postprocess``).
 The non-candidates' scores are set to 0, which no score threshold lets through. The outputs have a
 fixed shape (TensorRT needs no output allocator): the per-image selection pads its candidates with
 K rows of score -1 before its ``TopK`` of constant K.
@@ -75,7 +75,7 @@ def _cap_candidates(b: _Builder, scores_bca: str, cfg: ModelConfig, pp) -> str:
     """``scores_bca [B, C-1, A]`` with every score but the NMS candidates set to 0: per image and class
     the ``top_k`` best anchors, then per image the ``MAX_NMS_CANDIDATES`` best of those."""
     num_anchors, foreground = len(priors_for(cfg)), cfg.num_classes - 1
-    # A class's candidates beyond MAX_NMS_CANDIDATES could never pass the per-image cap (TopK needs K <= 3840).
+    # A class's candidates beyond MAX_NMS_CANDIDATES could never pass the per-image cap (TopK needs K < 3840).
     per_class = min(pp.top_k, num_anchors, MAX_NMS_CANDIDATES)
     cand_scores, cand_anchors = b.op("TopK", [scores_bca, b.const("top_k", np.array([per_class], np.int64))],
                                      n_outputs=2, axis=2, largest=1, sorted=1)  # [B, C-1, k]

@@ -93,7 +93,7 @@ def export_and_check(model_spec: str, output: str, opset: int = 18, batch: str |
         if precision == "fp16":
             from assd.export.fp16 import write_fp16_onnx
 
-            write_fp16_onnx(fp32_file, output)
+            write_fp16_onnx(fp32_file, output, echo=echo)
     size_mb = Path(output).stat().st_size / 1e6
     echo(f"wrote {output} ({size_mb:.1f} MB, {precision}, opset {opset}, batch {batch}, "
          f"{'detections' if with_postprocess else 'loc/conf'} outputs)")

@@ -164,6 +164,8 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
         setup = prepare(options.onnx, model, metadata, options.precision, images, reference, options.reference,
                         calibration, workdir, options.metric, echo)
     seconds["setup"] = time.perf_counter() - started
+    if options.precision == "fp16":
+        report_fp16_range(model, metadata, images, options.data, echo)
     echo(f"{len(setup.layers)} {options.precision} layers; ONNX Runtime CPU, {available_threads()} threads, "
          f"{len(images)} images per variant")
     mark = time.perf_counter()
@@ -187,6 +189,23 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
     debug.files = write_report(options.report_folder(), debug, recipe, options)
     debug.files["graph"] = str(options.output)
     return debug
+
+
+def report_fp16_range(model, metadata, images, source: str, echo: Callable[[str], None] = print):
+    """The fp16 range audit (``assd.calibration.fp16_range``) of ``model``'s fp16 conversion on the evaluation
+    images, said through ``echo``: tensors out of float16's range, which ``build-engine --fp16`` keeps fp32."""
+    from assd.calibration.fp16_range import audit_fp16_range
+    from assd.export.fp16 import convert_to_fp16, fp16_source_tensors
+    from assd.runtime.preprocess import preprocess
+
+    batch = metadata.fixed_batch or 1
+    batches = (preprocess([images.load_image(j) for j in range(i, i + batch)], metadata.model_config).numpy()
+               for i in range(0, len(images) // batch * batch, batch))
+    audit = audit_fp16_range(model, fp16_source_tensors(convert_to_fp16(model)), batches, source=source)
+    echo(audit.summary().replace("kept in float32", "which build-engine --fp16 keeps in float32"))
+    for line in audit.lines()[:10]:
+        echo(f"  {line}")
+    return audit
 
 
 def check_result(debug: DebugResult) -> None:

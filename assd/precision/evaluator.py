@@ -21,6 +21,7 @@ import torch
 from assd.evaluation import EvalResult, evaluate_detections, predict_dataset
 from assd.precision.layers import PredictionMap
 from assd.precision.switch import add_outputs, flags
+from assd.runtime.fp16_preview import preview_session
 from assd.runtime.postprocess import PostprocessConfig
 
 BATCH = 8
@@ -50,8 +51,8 @@ def open_session(model: onnx.ModelProto, threads: int | None = None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.intra_op_num_threads = threads or available_threads()
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["WeightBiasQuantization"])
+    # float16 tensors rounded as the engine stores them (assd.runtime.fp16_preview)
+    return preview_session(model, options, disabled_optimizers=["WeightBiasQuantization"])
 
 
 class EvalImages:

@@ -83,6 +83,7 @@ class EngineInfo:
     built_at: str = ""
     class_names: list[str] = field(default_factory=list)
     kept_high: list[str] = field(default_factory=list)  # layers the graph keeps in fp32 (assd.kept_high)
+    fp16_range_kept: dict = field(default_factory=dict)  # tensor -> max |x|: kept fp32 by the fp16 range audit
 
     @property
     def config(self) -> ModelConfig:

@@ -20,6 +20,7 @@ import torch
 
 from assd.errors import UserError, short_reason
 from assd.runtime.base import Runner
+from assd.runtime.fp16_preview import preview_session
 from assd.runtime.metadata import read_metadata
 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -78,7 +79,8 @@ class OnnxRuntimeRunner(Runner):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str, device: torch.device, provider: str | None = None, threads: int | None = None):
+    def __init__(self, path: str, device: torch.device, provider: str | None = None, threads: int | None = None,
+                 fp16_preview: bool = True):
         super().__init__()
         import onnxruntime as ort
 
@@ -103,7 +105,11 @@ class OnnxRuntimeRunner(Runner):
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            if fp16_preview and requested[0] == "CPUExecutionProvider" and self.precision != "fp32":
+                # fp16 tensors rounded as the engine stores them (ORT's CPU provider would run them in fp32)
+                self.session = preview_session(path, options)
+            else:
+                self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable": reported as one line
             raise UserError(f"{path}: ONNX Runtime cannot load it ({short_reason(exc)})") from None
         self.providers = list(self.session.get_providers())

@@ -32,9 +32,10 @@ from assd.models.config import ModelConfig, unknown_fields
 
 # Candidates per image that enter NMS, at most: TensorRT's NMS layer considers only the 5000 best boxes
 # per image ("a hardware-dependent limit K ... 5000", include/NvInfer.h, INMSLayer) and its TopK layer
-# takes K <= 3840 ("Currently only values of K up to 3840 are supported", ITopKLayer::setK), so the
-# --with-postprocess graph (assd.export.nms_graph) caps at 3840 and every backend caps alike.
-MAX_NMS_CANDIDATES = 3840
+# takes K "up to 3840" (ITopKLayer::setK) while onnx-tensorrt's operator table says "less than 3840":
+# the --with-postprocess graph (assd.export.nms_graph) caps at 3000, clearly inside both, and every
+# backend caps alike (the effect on mAP is measured in docs/deployment.md, "The NMS candidate cap").
+MAX_NMS_CANDIDATES = 3000
 
 
 @dataclass(frozen=True)

@@ -32,15 +32,17 @@ def artifact_files(artifact: str | None) -> list[str]:
 
 def open_runner(artifact: str, device: str | None = "cpu", precision: str = "fp32", compile: bool = False,
                 provider: str | None = None, channels_last: bool = False, threads: int | None = None,
-                cuda_graph: bool = False) -> Runner:
-    """The runner for an artifact path (or preset name), chosen by its extension (``cuda_graph``: engines only)."""
+                cuda_graph: bool = False, fp16_preview: bool = True) -> Runner:
+    """The runner for an artifact path (or preset name), chosen by its extension. ``cuda_graph``: engines
+    only. ``fp16_preview``: an fp16/int8 ONNX on the CPU rounds every fp16 tensor as an engine would
+    (accuracy; bench turns it off to time what ONNX Runtime itself runs)."""
     from assd.models.checkpoint import load_model
     from assd.models.presets import PRESETS
 
     torch_device = resolve_device(device)
     suffix = Path(artifact).suffix.lower()
     if suffix == ".onnx":
-        return OnnxRuntimeRunner(artifact, torch_device, provider=provider, threads=threads)
+        return OnnxRuntimeRunner(artifact, torch_device, provider=provider, threads=threads, fp16_preview=fp16_preview)
     if suffix in ENGINE_SUFFIXES:
         from assd.runtime.tensorrt_runner import TensorRTRunner
 
