@@ -45,7 +45,7 @@ def test_an_unreadable_graph_is_a_parser_failure(fake_builder, tmp_path, monkeyp
     _tiny_assd_onnx(tmp_path / "tiny.onnx")
     damaged = tmp_path / "damaged.onnx"
     damaged.write_bytes(b"not onnx")
-    monkeypatch.setattr(build, "lowered_graph", lambda graph, output, echo=print: str(damaged))
+    monkeypatch.setattr(build, "compose_precision_graph", lambda *args, **kwargs: str(damaged))
     with pytest.raises(UserError, match="ONNX parser failed: Failed to parse ONNX model"):
         _build(tmp_path)
 
