@@ -20,7 +20,7 @@ from assd.bench.timing import benchmark, peak_host_memory_mb
 from assd.errors import UserError
 from assd.models.limits import check_runners_memory
 from assd.paths import check_outputs
-from assd.runtime.runners import artifact_files, open_runner
+from assd.runtime.runners import artifact_files, backends_for, open_runner
 from assd.utils import atomic_write_json, atomic_write_text
 
 
@@ -34,16 +34,28 @@ def parse_batches(text: str) -> list[int]:
     return sizes
 
 
+def artifact_backends(artifact: str, backends: list[str] | None) -> list[str]:
+    """The backends ``artifact`` is timed on: those of ``backends`` that run it ("auto": its default), in
+    their order; none of them: its default."""
+    runnable = backends_for(artifact)
+    chosen = [runnable[0] if name == "auto" else name for name in backends or [] if name in ("auto", *runnable)]
+    return list(dict.fromkeys(chosen)) or [runnable[0]]
+
+
 def run_bench(artifacts: list[str], batch_sizes: list[int], iters: int = 20, warmup: int = 3,
               device: str | None = "cpu", precision: str = "fp32", compile: bool = False,
               json_out: str | None = None, csv_out: str | None = None, markdown_out: str | None = None,
-              echo: Callable[[str], None] = print) -> dict:
-    """Benchmark ``artifacts`` at every batch size; returns the report (also written where asked)."""
+              echo: Callable[[str], None] = print, backends: list[str] | None = None, threads: int | None = None,
+              performance_hint: str | None = None) -> dict:
+    """Benchmark ``artifacts`` at every batch size; returns the report (also written where asked).
+    ``backends``: each artifact runs on every one of them that can run it (none: its default backend)."""
     if iters < 1 or warmup < 0:
         raise UserError(f"--iters {iters} / --warmup {warmup}: need iters >= 1 and warmup >= 0")
     inputs = [path for artifact in artifacts for path in artifact_files(artifact)]
     check_outputs(inputs, files={"--json": json_out, "--csv": csv_out, "--markdown": markdown_out})
-    runners = [open_runner(a, device=device, precision=precision, compile=compile) for a in artifacts]
+    runners = [open_runner(artifact, device=device, precision=precision, compile=compile, backend=backend,
+                           threads=threads, performance_hint=performance_hint)
+               for artifact in artifacts for backend in artifact_backends(artifact, backends)]
     for runner in runners:
         for batch_size in batch_sizes:
             runner.check_batch(batch_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from assd.commands.runtime_options import parse_backends, runner_options, runtime_click_options
 from assd.errors import UserError
 
 
@@ -71,8 +72,9 @@ def export_command(model, to_onnx, output, opset, batch, with_postprocess, atten
 @click.option("--requests", "num_requests", type=int, default=None, help="--server: requests per level (default 200).")
 @click.option("--seconds", type=float, default=None, help="--server: seconds per level (instead of --requests).")
 @click.option("--images", multiple=True, help="--server: image files/folders to send (default: synthetic pixels).")
+@runtime_click_options(several=True)
 def bench(artifacts, batches, iters, warmup, device, precision, use_compile, json_out, csv_out, markdown_out,
-          reports, server, concurrency, num_requests, seconds, images):
+          reports, server, concurrency, num_requests, seconds, images, backend, threads, performance_hint):
     """Time ARTIFACTS (.pt, .onnx, .engine, presets): FPS, latency, stages, Table-2 columns."""
     from assd.bench.run import merge_reports, parse_batches, run_bench
 
@@ -91,7 +93,8 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
         raise UserError("name at least one artifact (.pt checkpoint, preset, .onnx or .engine), or --report RUN.json")
     run_bench(list(artifacts), parse_batches(batches), iters=iters, warmup=warmup, device=device,
               precision=precision, compile=use_compile, json_out=json_out, csv_out=csv_out,
-              markdown_out=markdown_out, echo=click.echo)
+              markdown_out=markdown_out, echo=click.echo, backends=parse_backends(backend), threads=threads,
+              performance_hint=performance_hint)
 
 
 @click.command("eval-engine")
@@ -106,7 +109,9 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
 @click.option("--device", default="auto", show_default=True)
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result as JSON.")
-def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch_size, device, limit, json_out):
+@runtime_click_options()
+def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch_size, device, limit, json_out,
+                        backend, threads, performance_hint):
     """mAP of ARTIFACT (.onnx, .engine, .pt) vs the PyTorch reference on the same images; exit 1 when
     |Δ mAP| exceeds the tolerance."""
     from assd.data import data_spec_inputs
@@ -115,13 +120,18 @@ def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch
     from assd.runtime.runners import artifact_files
     from assd.utils import atomic_write_json
 
+    options = runner_options(backend, threads, performance_hint)
     served = artifact.startswith(("http://", "grpc://"))  # a model served by 'assd serve'
     if served:
         from assd.serving.accuracy import eval_engine_via_server as eval_engine
+
+        if options["backend"] != "auto":
+            raise UserError(f"--backend {backend}: a served model runs on the server's backend: leave --backend out")
     check_outputs([*([] if served else artifact_files(artifact)), *artifact_files(reference),
                    *data_spec_inputs(data_spec)], files={"--json": json_out})
     parity = eval_engine(artifact, data_spec, reference=reference, metric=metric, tolerance=tolerance,
-                         batch_size=batch_size, device=device, limit=limit)
+                         batch_size=batch_size, device=device, limit=limit,
+                         **({} if served else {"runner_options": options}))
     print_parity(parity, artifact, reference, click.echo)
     if json_out:
         atomic_write_json(json_out, {"artifact_path": artifact, "reference_path": reference, "data": data_spec,

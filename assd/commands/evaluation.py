@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from assd.commands.runtime_options import runner_options, runtime_click_options
 from assd.errors import UserError
 
 
@@ -14,13 +15,13 @@ def _check_batch_size(batch_size: int) -> None:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
 
 
-def _open_checked_runner(model_path: str, device: str, batch_size: int, command: str):
-    """The runner for ``model_path`` (.pt, .onnx, .engine), refused when ``batch_size`` is more than it
-    accepts or than memory holds."""
+def _open_checked_runner(model_path: str, device: str, batch_size: int, command: str, options: dict):
+    """The runner for ``model_path`` (.pt, .onnx, .engine) with ``options`` (backend, threads, hint),
+    refused when ``batch_size`` is more than it accepts or than memory holds."""
     from assd.models.limits import check_runners_memory
     from assd.runtime.runners import open_runner
 
-    runner = open_runner(model_path, device=device)
+    runner = open_runner(model_path, device=device, **options)
     runner.check_batch(batch_size)
     check_runners_memory([runner], batch_size, command)
     return runner
@@ -74,10 +75,12 @@ def _postprocess_click_options(score_threshold: float):
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @_postprocess_click_options(score_threshold=0.01)
+@runtime_click_options()
 def eval_command(model_path, detections_path, data_spec, metric, json_out, limit, batch_size, device,
-                 score_threshold, nms_iou, top_k, max_detections):
+                 score_threshold, nms_iou, top_k, max_detections, backend, threads, performance_hint):
     """Per-class AP and mAP of a checkpoint (or of a detections file) on a dataset."""
     _check_batch_size(batch_size)  # options first: before the heavy imports
+    options = runner_options(backend, threads, performance_hint)
     from assd.data import data_spec_inputs, parse_data_spec
     from assd.evaluation import FirstImages, check_class_names, evaluate_detections
     from assd.evaluation.report import ap_table
@@ -97,11 +100,13 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
     if model_path is not None and model_path.startswith(("http://", "grpc://")):  # served by 'assd serve'
         from assd.serving.accuracy import evaluate_via_server
 
+        if options["backend"] != "auto":
+            raise UserError(f"--backend {backend}: a served model runs on the server's backend: leave --backend out")
         result = evaluate_via_server(model_path, dataset, metric, pp_cfg, in_flight=batch_size)
     elif model_path is not None:
         from assd.evaluation import predict_dataset
 
-        runner = _open_checked_runner(model_path, device, batch_size, "eval")
+        runner = _open_checked_runner(model_path, device, batch_size, "eval", options)
         cfg = runner.cfg
         check_class_names(cfg, dataset, model_path)
         pp_cfg = _postprocess_from_options(cfg, score_threshold, nms_iou, top_k, max_detections)
@@ -131,9 +136,12 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @_postprocess_click_options(score_threshold=0.3)
-def predict_command(model_path, sources, out_dir, batch_size, device, score_threshold, nms_iou, top_k, max_detections):
+@runtime_click_options()
+def predict_command(model_path, sources, out_dir, batch_size, device, score_threshold, nms_iou, top_k, max_detections,
+                    backend, threads, performance_hint):
     """Detect objects in SOURCES (image files or folders): detections.json + images with boxes drawn."""
     _check_batch_size(batch_size)  # options first: before the heavy imports
+    options = runner_options(backend, threads, performance_hint)
     from assd.evaluation.predict import (
         DETECTIONS_FILE,
         collect_images,
@@ -147,7 +155,7 @@ def predict_command(model_path, sources, out_dir, batch_size, device, score_thre
     paths = collect_images(sources)
     check_outputs([*artifact_files(model_path), *sources, *paths],
                   folders={"--out": (out_dir, [*output_names(paths, out_dir), DETECTIONS_FILE])})
-    runner = _open_checked_runner(model_path, device, batch_size, "predict")
+    runner = _open_checked_runner(model_path, device, batch_size, "predict", options)
     pp_cfg = _postprocess_from_options(runner.cfg, score_threshold, nms_iou, top_k, max_detections)
     detections = predict_images(runner.infer_outputs, paths, runner.cfg, pp_cfg, runner.device, batch_size)
     json_path = write_predictions(out_dir, paths, detections, runner.cfg.class_names, pp_cfg)
