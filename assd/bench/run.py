@@ -21,7 +21,7 @@ from assd.bench.timing import benchmark, peak_host_memory_mb
 from assd.errors import UserError
 from assd.models.limits import check_runners_memory
 from assd.paths import check_outputs
-from assd.runtime.runners import ENGINE_SUFFIXES, artifact_files, open_runner
+from assd.runtime.runners import ENGINE_SUFFIXES, artifact_files, backends_for, open_runner
 from assd.utils import atomic_write_json, atomic_write_text
 
 
@@ -49,11 +49,21 @@ def report_files(reports: list[str], artifacts: list[str]) -> list[str]:
     return [*reports, *artifacts]
 
 
+def artifact_backends(artifact: str, backends: list[str] | None) -> list[str]:
+    """The backends ``artifact`` is timed on: those of ``backends`` that run it ("auto": its default), in
+    their order; none of them: its default."""
+    runnable = backends_for(artifact)
+    chosen = [runnable[0] if name == "auto" else name for name in backends or [] if name in ("auto", *runnable)]
+    return list(dict.fromkeys(chosen)) or [runnable[0]]
+
+
 def run_bench(artifacts: list[str], batch_sizes: list[int], iters: int = 20, warmup: int = 3,
               device: str | None = "cpu", precision: str = "fp32", compile: bool = False,
               json_out: str | None = None, csv_out: str | None = None, markdown_out: str | None = None,
-              cuda_graph: bool = False, echo: Callable[[str], None] = print) -> dict:
+              cuda_graph: bool = False, echo: Callable[[str], None] = print, backends: list[str] | None = None,
+              threads: int | None = None, performance_hint: str | None = None) -> dict:
     """Benchmark ``artifacts`` at every batch size; returns the report (also written where asked).
+    ``backends``: each artifact runs on every one of them that can run it (none: its default backend).
     ``cuda_graph``: TensorRT engines replay one captured CUDA graph per batch size (trtexec
     ``--useCudaGraph``); refused when no artifact is an engine."""
     if iters < 1 or warmup < 0:
@@ -64,9 +74,10 @@ def run_bench(artifacts: list[str], batch_sizes: list[int], iters: int = 20, war
     inputs = [path for artifact in artifacts for path in artifact_files(artifact)]
     check_outputs(inputs, files={"--json": json_out, "--csv": csv_out, "--markdown": markdown_out})
     # fp16_preview off: time what ONNX Runtime runs, not the rounding preview (assd.runtime.fp16_preview)
-    runners = [open_runner(a, device=device, precision=precision, compile=compile, cuda_graph=cuda_graph,
+    runners = [open_runner(artifact, device=device, precision=precision, compile=compile, backend=backend,
+                           threads=threads, performance_hint=performance_hint, cuda_graph=cuda_graph,
                            fp16_preview=False)
-               for a in artifacts]
+               for artifact in artifacts for backend in artifact_backends(artifact, backends)]
     for runner in runners:
         for batch_size in batch_sizes:
             runner.check_batch(batch_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from assd.commands.runtime_options import parse_backends, runner_options, runtime_click_options
 from assd.commands.serve import client_options
 from assd.errors import UserError
 
@@ -79,9 +80,10 @@ def export_command(model, to_onnx, output, opset, batch, with_postprocess, atten
               help="A video: end-to-end FPS of Detector.stream on it next to the model-only FPS, per artifact and batch.")
 @click.option("--frames", type=int, default=32, show_default=True, help="--source: frames per measurement.")
 @click.option("--rounds", type=int, default=3, show_default=True, help="--source: interleaved rounds (medians).")
+@runtime_click_options(several=True)
 def bench(artifacts, batches, iters, warmup, device, precision, use_compile, json_out, csv_out, markdown_out,
           reports, cuda_graph, server, concurrency, num_requests, seconds, images, api_key, timeout, video, frames,
-          rounds):
+          rounds, backend, threads, performance_hint):
     """Time ARTIFACTS (.pt, .onnx, .engine, presets): FPS, latency, stages, Table-2 columns."""
     from assd.bench.run import merge_reports, parse_batches, report_files, run_bench
 
@@ -110,7 +112,8 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
         raise UserError("name at least one artifact (.pt checkpoint, preset, .onnx or .engine), or --report RUN.json")
     run_bench(list(artifacts), parse_batches(batches), iters=iters, warmup=warmup, device=device,
               precision=precision, compile=use_compile, json_out=json_out, csv_out=csv_out,
-              markdown_out=markdown_out, cuda_graph=cuda_graph, echo=click.echo)
+              markdown_out=markdown_out, cuda_graph=cuda_graph, echo=click.echo, backends=parse_backends(backend),
+              threads=threads, performance_hint=performance_hint)
 
 
 @click.command("eval-engine")
@@ -126,8 +129,9 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the result as JSON.")
 @client_options
+@runtime_click_options()
 def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch_size, device, limit, json_out,
-                        api_key, timeout):
+                        api_key, timeout, backend, threads, performance_hint):
     """mAP of ARTIFACT (.onnx, .engine, .pt) vs the PyTorch reference on the same images; exit 1 when
     |Δ mAP| exceeds the tolerance."""
     from assd.data import data_spec_inputs
@@ -137,11 +141,14 @@ def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch
     from assd.runtime.runners import artifact_files
     from assd.utils import atomic_write_json
 
+    options = runner_options(backend, threads, performance_hint)
     served = is_server_url(artifact)  # a model served by 'assd serve'
-    client = {}
+    client = {"runner_options": options}
     if served:
         from assd.serving.accuracy import eval_engine_via_server as eval_engine
 
+        if options["backend"] != "auto":
+            raise UserError(f"--backend {backend}: a served model runs on the server's backend: leave --backend out")
         client = {"api_key": api_key, "timeout": timeout}
     check_outputs([*([] if served else artifact_files(artifact)), *artifact_files(reference),
                    *data_spec_inputs(data_spec)], files={"--json": json_out})

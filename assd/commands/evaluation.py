@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from assd.commands.runtime_options import runner_options, runtime_click_options
 from assd.commands.serve import client_options
 from assd.errors import UserError
 
@@ -15,13 +16,13 @@ def _check_batch_size(batch_size: int) -> None:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
 
 
-def _open_checked_runner(model_path: str, device: str, batch_size: int, command: str):
-    """The runner for ``model_path`` (.pt, .onnx, .engine), refused when ``batch_size`` is more than it
-    accepts or than memory holds."""
+def _open_checked_runner(model_path: str, device: str, batch_size: int, command: str, options: dict):
+    """The runner for ``model_path`` (.pt, .onnx, .engine) with ``options`` (backend, threads, hint),
+    refused when ``batch_size`` is more than it accepts or than memory holds."""
     from assd.models.limits import check_runners_memory
     from assd.runtime.runners import open_runner
 
-    runner = open_runner(model_path, device=device)
+    runner = open_runner(model_path, device=device, **options)
     runner.check_batch(batch_size)
     check_runners_memory([runner], batch_size, command)
     return runner
@@ -76,10 +77,12 @@ def _postprocess_click_options(score_threshold: float):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @_postprocess_click_options(score_threshold=0.01)
 @client_options
+@runtime_click_options()
 def eval_command(model_path, detections_path, data_spec, metric, json_out, limit, batch_size, device,
-                 score_threshold, nms_iou, top_k, max_detections, api_key, timeout):
+                 score_threshold, nms_iou, top_k, max_detections, api_key, timeout, backend, threads, performance_hint):
     """Per-class AP and mAP of a checkpoint (or of a detections file) on a dataset."""
     _check_batch_size(batch_size)  # options first: before the heavy imports
+    options = runner_options(backend, threads, performance_hint)
     from assd.data import data_spec_inputs, parse_data_spec
     from assd.evaluation import FirstImages, check_class_names, evaluate_detections
     from assd.evaluation.report import ap_table
@@ -100,12 +103,14 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
     if model_path is not None and is_server_url(model_path):  # served by 'assd serve'
         from assd.serving.accuracy import evaluate_via_server
 
+        if options["backend"] != "auto":
+            raise UserError(f"--backend {backend}: a served model runs on the server's backend: leave --backend out")
         result = evaluate_via_server(model_path, dataset, metric, pp_cfg, in_flight=batch_size, api_key=api_key,
                                      timeout=timeout)
     elif model_path is not None:
         from assd.evaluation import predict_dataset
 
-        runner = _open_checked_runner(model_path, device, batch_size, "eval")
+        runner = _open_checked_runner(model_path, device, batch_size, "eval", options)
         cfg = runner.cfg
         check_class_names(cfg, dataset, model_path)
         pp_cfg = _postprocess_from_options(cfg, score_threshold, nms_iou, top_k, max_detections)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from assd.commands.evaluation import _check_batch_size, _postprocess_click_options
+from assd.commands.runtime_options import runner_options, runtime_click_options
 from assd.errors import UserError
 
 
@@ -61,11 +62,14 @@ def _check_options(batch_size: int, stride: int, max_frames: int | None, timeout
 @click.option("--api-key", default=None, envvar="ASSD_API_KEY", show_envvar=True,
               help="--model URL: the key of 'assd serve --api-key' (sent as the header x-api-key).")
 @_postprocess_click_options(score_threshold=0.3)
+@runtime_click_options()
 def predict_command(model_path, sources, out_dir, save_video, stride, max_frames, timeout, drop_frames, batch_size,
-                    device, progress, api_key, score_threshold, nms_iou, top_k, max_detections):
+                    device, progress, api_key, score_threshold, nms_iou, top_k, max_detections, backend, threads,
+                    performance_hint):
     """Detect objects in SOURCES: image files, folders and globs (detections.json + drawn images), video
     files, camera indices and RTSP/HTTP stream URLs (NAME.jsonl, one line per frame; --save-video)."""
     _check_options(batch_size, stride, max_frames, timeout)  # options first: before the heavy imports
+    runtime = runner_options(backend, threads, performance_hint)
     from assd.detector import Detector
     from assd.detector.sources import source_kind
     from assd.evaluation.predict import DETECTIONS_FILE, collect_images, output_names, write_predictions
@@ -85,7 +89,9 @@ def predict_command(model_path, sources, out_dir, save_video, stride, max_frames
     local_sources = [source for source, kind in streams if kind == "video"]
     check_outputs([*model_inputs, *image_sources, *local_sources, *paths], folders={"--out": (out_dir, names)})
     detector = Detector(model_path, device=device, batch_size=batch_size, score_threshold=score_threshold,
-                        nms_iou=nms_iou, top_k=top_k, max_detections=max_detections, api_key=api_key)
+                        nms_iou=nms_iou, top_k=top_k, max_detections=max_detections, api_key=api_key,
+                        backend=None if runtime["backend"] == "auto" else runtime["backend"], threads=threads,
+                        performance_hint=performance_hint)
     try:
         if paths:
             _predict_images(detector, paths, out_dir, stride, write_predictions)

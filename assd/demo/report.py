@@ -29,7 +29,8 @@ def artifact_rows(ctx: DemoContext) -> list[dict]:
     rows += [dict(row) for row in ctx.results["eval"]["artifacts"]]
     bench = ctx.results["bench"]["rows"]
     for row in rows:
-        timings = sorted((b for b in bench if b["artifact"] == row["artifact"]), key=lambda b: b["batch"])
+        timings = sorted((b for b in bench if b["artifact"] == row["artifact"]
+                          and b["backend"] == row.get("backend", b["backend"])), key=lambda b: b["batch"])
         row["fps"] = {b["batch"]: b["fps"] for b in timings}
         row["speedup"] = timings[0]["speedup"] if timings else None
         row["latency_ms_p50"] = timings[0]["latency_ms_p50"] if timings else None

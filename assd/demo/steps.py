@@ -233,8 +233,25 @@ def _engines(ctx: DemoContext) -> StepOutput:
 
 
 # ---------------------------------------------------------------- eval-engine, bench
+def _extra_backends(ctx: DemoContext) -> list[str]:
+    """Backends the demo also runs its ONNX graphs on: OpenVINO (CPU) when its extra is installed and the
+    demo runs on the CPU."""
+    from assd.runtime.runners import resolve_device
+
+    on_cpu = resolve_device(ctx.device).type == "cpu"
+    return ["openvino"] if on_cpu and importlib.util.find_spec("openvino") is not None else []
+
+
+def _artifact_backends(ctx: DemoContext) -> list[tuple[str, str]]:
+    """(artifact, backend) pairs to evaluate: every artifact on its default backend, then each ONNX graph on
+    the extra backends."""
+    pairs = [(artifact, "auto") for artifact in ctx.artifacts()]
+    return pairs + [(artifact, backend) for backend in _extra_backends(ctx) for artifact in ctx.artifacts()
+                    if artifact.endswith(".onnx")]
+
+
 def _eval_key(ctx: DemoContext) -> dict:
-    return {"val": ctx.plan.val, "limit": ctx.plan.val_limit,
+    return {"val": ctx.plan.val, "limit": ctx.plan.val_limit, "backends": _extra_backends(ctx),
             "inputs": ctx.inputs(CHECKPOINT, *ctx.artifacts())}
 
 
@@ -242,24 +259,27 @@ def _eval(ctx: DemoContext) -> StepOutput:
     from assd.evaluation.engine_parity import eval_engine
 
     rows = []
-    for artifact in ctx.artifacts():
+    for artifact, backend in _artifact_backends(ctx):
         parity = eval_engine(ctx.file(artifact), ctx.plan.val, reference=ctx.file(CHECKPOINT),
-                             limit=ctx.plan.val_limit, device=ctx.device, progress=ctx.options.progress)
-        rows.append({"artifact": artifact, "precision": parity.precision, "metric": parity.artifact.metric,
-                     "mAP": parity.artifact.mAP, "mAP_reference": parity.reference.mAP,
-                     "delta_mAP_points": parity.delta_points, "tolerance_points": parity.tolerance_points,
-                     "detection_agreement": parity.agreement, "passed": parity.passed})
-        ctx.detail(f"{artifact} [{parity.precision}]: mAP {100 * parity.artifact.mAP:.2f}, Δ "
+                             limit=ctx.plan.val_limit, device=ctx.device, progress=ctx.options.progress,
+                             runner_options={"backend": backend})
+        rows.append({"artifact": artifact, "backend": parity.backend, "precision": parity.precision,
+                     "metric": parity.artifact.metric, "mAP": parity.artifact.mAP,
+                     "mAP_reference": parity.reference.mAP, "delta_mAP_points": parity.delta_points,
+                     "tolerance_points": parity.tolerance_points, "detection_agreement": parity.agreement,
+                     "passed": parity.passed})
+        ctx.detail(f"{artifact} [{parity.backend} {parity.precision}]: mAP {100 * parity.artifact.mAP:.2f}, Δ "
                    f"{parity.delta_points:+.2f} points (tolerance ±{parity.tolerance_points:.2f}), "
                    f"{100 * parity.agreement:.1f}% of the reference's detections reproduced")
-    line = "Δ mAP vs PyTorch: " + ", ".join(f"{row['precision']} {row['delta_mAP_points']:+.2f}" for row in rows)
+    names = [row["precision"] + (" (openvino)" if row["backend"] == "openvino" else "") for row in rows]
+    line = "Δ mAP vs PyTorch: " + ", ".join(f"{name} {row['delta_mAP_points']:+.2f}" for name, row in zip(names, rows))
     return StepOutput({"artifacts": rows}, [], line + " points")
 
 
 def _bench_key(ctx: DemoContext) -> dict:
     budget = ctx.budget
     return {"batches": list(budget.bench_batches), "iters": budget.bench_iters, "warmup": budget.bench_warmup,
-            "device": ctx.device, "inputs": ctx.inputs(CHECKPOINT, *ctx.artifacts())}
+            "device": ctx.device, "backends": _extra_backends(ctx), "inputs": ctx.inputs(CHECKPOINT, *ctx.artifacts())}
 
 
 def _bench(ctx: DemoContext) -> StepOutput:
@@ -269,7 +289,7 @@ def _bench(ctx: DemoContext) -> StepOutput:
     artifacts = [CHECKPOINT, *ctx.artifacts()]
     report = run_bench([ctx.file(a) for a in artifacts], list(budget.bench_batches), iters=budget.bench_iters,
                        warmup=budget.bench_warmup, device=ctx.device, json_out=ctx.file(BENCH_JSON),
-                       markdown_out=ctx.file(BENCH_MD), echo=ctx.detail)
+                       markdown_out=ctx.file(BENCH_MD), echo=ctx.detail, backends=["auto", *_extra_backends(ctx)])
     by_path = {ctx.file(a): a for a in artifacts}
     rows = [{"artifact": by_path.get(row["artifact"], row["artifact"]), "backend": row["backend"],
              "precision": row["precision"], "device": row["device"], "batch": row["batch"], "fps": row["fps"],

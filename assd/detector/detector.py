@@ -15,7 +15,6 @@ the code ``assd predict``, ``assd eval`` and the demo run. A served model runs t
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,18 +35,14 @@ DEFAULT_SCORE_THRESHOLD = 0.3  # what `assd predict` keeps by default (applicati
 class LocalModel:
     """A runner of this process (``assd.runtime.runners.open_runner``) with ``prepare`` / ``run`` halves."""
 
-    def __init__(self, artifact: str, device: str, backend: str | None, threads: int | None, batch_size: int):
+    def __init__(self, artifact: str, device: str, backend: str | None, threads: int | None, batch_size: int,
+                 performance_hint: str | None = None):
         from assd.models.assd import priors_for
         from assd.models.limits import check_runners_memory
         from assd.runtime.runners import open_runner
 
-        options = {"device": device, "threads": threads}
-        if backend is not None:
-            if "backend" not in inspect.signature(open_runner).parameters:
-                raise UserError(f"backend={backend!r}: this assd opens {artifact} with its default runner only: "
-                                "leave backend unset")
-            options["backend"] = backend
-        self.runner = open_runner(artifact, **options)
+        self.runner = open_runner(artifact, device=device, backend=backend, threads=threads,
+                                  performance_hint=performance_hint)
         self.runner.check_batch(batch_size)
         check_runners_memory([self.runner], batch_size, "Detector")
         self.cfg, self.device, self.postprocess = self.runner.cfg, self.runner.device, self.runner.postprocess
@@ -125,15 +120,18 @@ class Detector:
         score_threshold, nms_iou, top_k, max_detections: post-processing (default: score > 0.3, the
             artifact's stored NMS IoU, top-k and per-image cap); each call may override them.
         batch_size: images per network call (``det(list)``, ``stream``).
-        threads: CPU threads of ONNX Runtime (default: its own choice).
-        api_key, timeout: for a served model: its API key (when the client supports one) and the seconds
-            each request may take.
+        backend: the runtime for a local artifact (None or "auto": by its extension; "openvino" for an .onnx
+            file on the CPU, extra ``openvino``); threads, performance_hint: CPU threads of ONNX Runtime /
+            OpenVINO and OpenVINO's hint ("latency" or "throughput"), default: theirs.
+        api_key, timeout: for a served model: its API key (default ``$ASSD_API_KEY``) and the seconds each
+            request may take.
     """
 
     def __init__(self, artifact: str | os.PathLike, *, device: str = "auto", backend: str | None = None,
                  score_threshold: float | None = DEFAULT_SCORE_THRESHOLD, nms_iou: float | None = None,
                  top_k: int | None = None, max_detections: int | None = None, batch_size: int = 1,
-                 threads: int | None = None, api_key: str | None = None, timeout: float = 30.0):
+                 threads: int | None = None, performance_hint: str | None = None, api_key: str | None = None,
+                 timeout: float = 30.0):
         from assd.remote.client import is_server_url
 
         if batch_size < 1:
@@ -144,7 +142,7 @@ class Detector:
 
             self.model = RemoteModel(self.artifact, timeout=timeout, api_key=api_key)
         else:
-            self.model = LocalModel(self.artifact, device, backend, threads, batch_size)
+            self.model = LocalModel(self.artifact, device, backend, threads, batch_size, performance_hint)
         self.cfg = self.model.cfg
         self.postprocess = self._thresholds(score_threshold=score_threshold, nms_iou=nms_iou, top_k=top_k,
                                             max_detections=max_detections)

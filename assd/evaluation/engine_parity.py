@@ -31,6 +31,7 @@ class EngineParity:
     reference_detections: int = 0
     max_score_diff: float = 0.0
     per_class_delta: dict[str, float] = field(default_factory=dict)
+    backend: str = ""  # the artifact's runner (onnxruntime, openvino, tensorrt, torch)
 
     @property
     def delta_points(self) -> float | None:
@@ -48,7 +49,7 @@ class EngineParity:
 
     def to_dict(self) -> dict:
         return {"artifact": self.artifact.to_dict(), "reference": self.reference and self.reference.to_dict(),
-                "precision": self.precision, "metric": self.artifact.metric,
+                "precision": self.precision, "backend": self.backend, "metric": self.artifact.metric,
                 "mAP_artifact": self.artifact.mAP, "mAP_reference": self.reference and self.reference.mAP,
                 "delta_mAP_points": self.delta_points, "tolerance_points": self.tolerance_points,
                 "per_class_delta_points": self.per_class_delta, "detection_agreement": self.agreement,
@@ -76,8 +77,9 @@ def _agreement(reference_dets, artifact_dets) -> tuple[int, int, float]:
 
 def eval_engine(artifact: str, data_spec: str, reference: str | None = None, metric: str | None = None,
                 tolerance: float | None = None, batch_size: int = 8, device: str | None = "auto",
-                limit: int | None = None, progress: bool = True) -> EngineParity:
-    """Evaluate ``artifact`` (and ``reference``, a checkpoint) on ``data_spec``; see the module docstring."""
+                limit: int | None = None, progress: bool = True, runner_options: dict | None = None) -> EngineParity:
+    """Evaluate ``artifact`` (and ``reference``, a checkpoint) on ``data_spec``; see the module docstring.
+    ``runner_options``: ``open_runner``'s backend, threads and performance_hint for the artifact."""
     from assd.data import parse_data_spec
     from assd.evaluation.evaluate import FirstImages
     from assd.models.limits import check_runners_memory
@@ -88,7 +90,7 @@ def eval_engine(artifact: str, data_spec: str, reference: str | None = None, met
         raise UserError(f"--limit {limit}: must be at least 1")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
-    runner = open_runner(artifact, device=device)
+    runner = open_runner(artifact, device=device, **(runner_options or {}))
     runner.check_batch(batch_size)
     check_runners_memory([runner], batch_size, "eval-engine")
     dataset = parse_data_spec(data_spec)
@@ -99,7 +101,7 @@ def eval_engine(artifact: str, data_spec: str, reference: str | None = None, met
     tolerance = TOLERANCE_POINTS.get(runner.precision, 1.0) if tolerance is None else tolerance
     artifact_dets = _predict(runner, dataset, postprocess_cfg, batch_size, progress)
     artifact_result = evaluate_detections(artifact_dets, dataset, metric, postprocess_cfg)
-    parity = EngineParity(artifact_result, None, runner.precision, tolerance)
+    parity = EngineParity(artifact_result, None, runner.precision, tolerance, backend=runner.backend)
     if reference is None:
         return parity
     reference_runner = open_runner(reference, device=device)
@@ -119,7 +121,8 @@ def eval_engine(artifact: str, data_spec: str, reference: str | None = None, met
 def print_parity(parity: EngineParity, artifact: str, reference: str | None, echo: Callable[[str], None]) -> None:
     metric = parity.artifact.metric
     echo(f"{metric} mAP on {parity.artifact.num_images} images:")
-    echo(f"  artifact  {artifact} [{parity.precision}]: {100 * parity.artifact.mAP:.2f}")
+    backend = f"{parity.backend} " if parity.backend else ""
+    echo(f"  artifact  {artifact} [{backend}{parity.precision}]: {100 * parity.artifact.mAP:.2f}")
     if parity.reference is None:
         echo("  (no --reference checkpoint: no parity computed)")
         return
