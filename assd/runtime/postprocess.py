@@ -197,7 +197,10 @@ def postprocess(
     # costs small normalized boxes ~1e-4 of precision once there are hundreds of groups.
     kept = batched_nms(cand_boxes.double(), cand_scores.double(), image_idx * foreground + class_idx, cfg.nms_iou)
 
-    # kept is sorted by decreasing score; regroup by image (stable) and keep each image's best.
+    # Order: image, then decreasing score, ties broken by class and candidate rank (fp16 outputs round many
+    # scores to one value; without this the order of tied rows would depend on which images share a batch).
+    kept = kept[torch.sort(slot[kept], stable=True).indices]
+    kept = kept[torch.sort(cand_scores[kept], descending=True, stable=True).indices]
     kept = kept[torch.sort(image_idx[kept], stable=True).indices]
     kept_image = image_idx[kept]
     counts = torch.bincount(kept_image, minlength=batch)
