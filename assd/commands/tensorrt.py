@@ -116,6 +116,11 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
     from assd.paths import check_outputs
     from assd.runtime.engine_info import sidecar_path
 
+    if calib_method == "auto" and precision != "int8":
+        from assd.errors import UserError
+
+        raise UserError("--calib-method auto: chooses the INT8 calibration ranges by Δ mAP; it applies to --int8 "
+                        "builds from an fp32 graph only: drop it, or pass --int8")
     graph = precision_graph_path(onnx_file, output, precision) if precision in ("fp16", "int8") else None
     check_outputs([onnx_file, keep_high, *data_spec_inputs(calib_data), *data_spec_inputs(eval_data)],
                   files={"-o": output, "the engine sidecar": sidecar_path(output), "the precision graph": graph,
@@ -135,5 +140,5 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
                                          cache=calib_cache) if calib_data else None
         onnx_file = gate_for_engine(onnx_file, output, precision, calibration,
                                     _gate_request(max_delta_map, keep_high, eval_data, eval_images), echo=click.echo)
-        options = dataclasses.replace(options, precision=None)
+        options = dataclasses.replace(options, precision=None, calibration=CalibrationOptions())  # graph made
     build_engine(onnx_file, output, options, echo=click.echo)
