@@ -24,7 +24,7 @@ from assd.errors import CheckFailed, UserError
 from assd.precision.debugger import check_tolerance, kept_layers
 from assd.precision.search import LayerSensitivity, SearchResult, search_by_bisection
 from assd.precision.setup import PRECISIONS, CalibrationRequest, eval_images, prepare
-from assd.precision.verify import Verifier, fp32_detections, verification_dataset, verified_search
+from assd.precision.verify import Verifier, graph_detections, verification_dataset, verified_search
 from assd.runtime.metadata import load_fp32_source, read_metadata
 from assd.utils import atomic_write_bytes
 
@@ -125,7 +125,7 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
     names = {layer.node: layer.name for layer in setup.layers}
     plain = evaluator.evaluate(every)
     dataset = verification_dataset(data, metadata, onnx_path, data_option)
-    verifier = Verifier(data, dataset, data_images, True, metadata, fp32_detections(model, dataset, metadata),
+    verifier = Verifier(data, dataset, data_images, True, metadata, graph_detections(model, dataset, metadata),
                         evaluator.metric)
     echo(f"accuracy gate on {len(data_images)} search images of {data}, verified on all {len(dataset)} (reference: "
          f"the fp32 graph, {plain.result.metric} mAP {100 * setup.reference.mAP:.2f} on the search images): plain "

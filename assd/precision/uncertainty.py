@@ -8,7 +8,8 @@ equally right or wrong moves both mAPs together and adds nothing to the spread o
 
 VOC matching is decided per image (a detection is a TP, an FP or ignored by the boxes of its own
 image), so each model's detections are matched once (``Outcomes``); a resample only reweights them:
-image ``i`` drawn ``w_i`` times counts its TPs, FPs and ground truth ``w_i`` times. The weighted
+image ``i`` drawn ``w_i`` times counts its TPs, FPs and ground truth ``w_i`` times (per class, a matrix of
+each image's TPs and FPs ranked above each TP: one matrix product per draw set). The weighted
 cumulative sums give exactly the AP of the duplicated image list (copies of a detection are adjacent
 in the score ranking, and the intermediate points they skip are dominated), so ``w = 1`` reproduces
 ``assd.evaluation``'s voc07 / voc12 AP (tested). pycocotools' COCO metric has no such split here:
@@ -82,45 +83,52 @@ class Outcomes:
                 scores[label - 1].append(det_scores[mine])
                 outcomes[label - 1].append(outcome)
                 owners[label - 1].append(np.full(len(mine), image))
-        self.classes = []  # per class: (outcome, image) of its detections in score order, trailing FPs cut
-        for label_scores, label_outcomes, label_owners in zip(scores, outcomes, owners):
-            if not label_scores:
-                self.classes.append((np.zeros(0, np.int8), np.zeros(0, np.int64)))
-                continue
-            order = np.argsort(-np.concatenate(label_scores), kind="stable")
-            outcome, owner = np.concatenate(label_outcomes)[order], np.concatenate(label_owners)[order]
-            keep = outcome >= 0
-            outcome, owner = outcome[keep], owner[keep]
-            last_tp = np.flatnonzero(outcome == 1)
-            cut = last_tp[-1] + 1 if len(last_tp) else 0  # FPs after the last TP never change AP
-            self.classes.append((outcome[:cut], owner[:cut]))
+        self.classes = [self._counts(*parts) for parts in zip(scores, outcomes, owners)]
+
+    def _counts(self, scores: list, outcomes: list, owners: list) -> tuple[np.ndarray, np.ndarray]:
+        """One class: ``[images, TPs]`` counts of each image's TPs and FPs ranked at or above each TP (recall
+        moves and the precision envelope peaks only at TPs; FPs after the last TP never change AP)."""
+        if not scores:
+            return np.zeros((self.images, 0)), np.zeros((self.images, 0))
+        order = np.argsort(-np.concatenate(scores), kind="stable")
+        outcome, owner = np.concatenate(outcomes)[order], np.concatenate(owners)[order]
+        keep = outcome >= 0  # matches of difficult boxes count nowhere
+        outcome, owner = outcome[keep], owner[keep]
+        hits = np.flatnonzero(outcome == 1)
+        tp, fp = np.zeros((self.images, len(hits))), np.zeros((self.images, len(hits)))
+        if len(hits):
+            before = hits[-1] + 1
+            segment = np.searchsorted(hits, np.arange(before))  # the TP at or after each detection
+            np.add.at(tp, (owner[:before], segment), outcome[:before] == 1)
+            np.add.at(fp, (owner[:before], segment), outcome[:before] == 0)
+        return np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)
 
     def mean_ap(self, weights: np.ndarray, use_07_metric: bool) -> np.ndarray:
         """mAP (fraction) per row of ``weights [draws, images]`` (how often each image is drawn)."""
         weights = np.asarray(weights, np.float64)
         positives = weights @ self.positives  # [draws, classes]
         aps = np.zeros_like(positives)
-        for c, (outcome, owner) in enumerate(self.classes):
-            if len(outcome) == 0:
+        for c, (tp_counts, fp_counts) in enumerate(self.classes):
+            if tp_counts.shape[1] == 0:
                 continue
-            drawn = weights[:, owner]  # [draws, detections]
-            tp = np.cumsum(drawn * (outcome == 1), axis=1)
-            fp = np.cumsum(drawn * (outcome == 0), axis=1)
-            recall = tp / np.maximum(positives[:, c:c + 1], 1e-12)
-            precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-            envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-            if use_07_metric:
-                total = np.zeros(len(weights))
-                for t in np.arange(0.0, 1.1, 0.1):
-                    reached = recall >= t
-                    first = reached.argmax(axis=1)
-                    total += np.where(reached.any(axis=1), envelope[np.arange(len(weights)), first], 0.0)
-                aps[:, c] = total / 11.0
-            else:
-                steps = np.diff(recall, axis=1, prepend=0.0)
-                aps[:, c] = np.sum(steps * envelope, axis=1)
+            tp, fp = weights @ tp_counts, weights @ fp_counts  # [draws, TPs]
+            aps[:, c] = _average_precision(tp / np.maximum(positives[:, c:c + 1], 1e-12),
+                                           tp / np.maximum(tp + fp, np.finfo(np.float64).eps), use_07_metric)
         present = positives > 0  # classes without ground truth in a draw have no AP (as in the evaluation)
         return np.sum(aps * present, axis=1) / np.maximum(present.sum(axis=1), 1)
+
+
+def _average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> np.ndarray:
+    """``assd.evaluation.voc.voc_ap`` per row of ``[draws, points]`` (the ranked TPs of one class)."""
+    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+    if not use_07_metric:
+        return np.sum(np.diff(recall, axis=1, prepend=0.0) * envelope, axis=1)
+    total = np.zeros(len(recall))
+    rows = np.arange(len(recall))
+    for t in np.arange(0.0, 1.1, 0.1):
+        reached = recall >= t
+        total += np.where(reached.any(axis=1), envelope[rows, reached.argmax(axis=1)], 0.0)
+    return total / 11.0
 
 
 def draws(images: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:

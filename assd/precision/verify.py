@@ -101,11 +101,9 @@ class Verifier:
 
     def __init__(self, data_spec: str, dataset, search: EvalImages, same_data: bool, metadata: OnnxMetadata,
                  reference: Sequence, metric: str | None = None):
-        self.data_spec, self.dataset, self.search_count = data_spec, dataset, len(search)
-        self.cfg = metadata.model_config
+        self.data_spec, self.dataset, self.search_count, self.metadata = data_spec, dataset, len(search), metadata
         self.postprocess_cfg = PostprocessConfig.from_dict(metadata.postprocess)
         self.metric = metric or default_metric(dataset)
-        self.batch = metadata.fixed_batch or BATCH
         self.annotations = [dataset.annotation(i) for i in range(len(dataset))]
         self.num_classes = len(dataset.class_names) + 1
         used = set(search.indices) if same_data else set()
@@ -118,15 +116,7 @@ class Verifier:
 
     def verify(self, model: onnx.ModelProto) -> Verification:
         """``model`` (a real graph) run on every verification image (ONNX Runtime, CPU) and compared."""
-        import torch
-
-        session = open_session(model)
-
-        def infer(images: torch.Tensor):
-            loc, conf = session.run(["loc", "conf"], {"images": images.numpy()})
-            return torch.from_numpy(loc), torch.from_numpy(conf)
-
-        detections = predict_dataset(infer, self.dataset, self.cfg, self.postprocess_cfg, batch_size=self.batch)
+        detections = graph_detections(model, self.dataset, self.metadata)
         result = evaluate_detections(detections, self.dataset, self.metric, self.postprocess_cfg)
         outcomes = self._outcomes(detections)
         whole = held_out = None
@@ -140,8 +130,9 @@ class Verifier:
                             len(self.held_out), whole, held_out)
 
 
-def fp32_detections(model: onnx.ModelProto, dataset, metadata: OnnxMetadata) -> list:
-    """The fp32 graph's detections on ``dataset`` (the gate's reference), with the debugger's session options."""
+def graph_detections(model: onnx.ModelProto, dataset, metadata: OnnxMetadata) -> list:
+    """Detections of the graph ``model`` on ``dataset`` (ONNX Runtime CPU, the debugger's session options; for
+    the gate, the fp32 graph's are the reference)."""
     import torch
 
     session = open_session(model)
