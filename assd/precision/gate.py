@@ -109,6 +109,8 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
     recipe = _checked_recipe(request.keep_high, model, precision)
     if precision == "int8" and calibration is None:
         raise UserError(f"{onnx_path}: --int8 from an fp32 graph needs calibration images: pass --calib-data SPEC")
+    if data is None and recipe is None:
+        raise UserError("nothing to gate: pass --max-delta-map, --keep-high or (with --int8) --calib-method auto")
     if data is None:  # a recipe and nothing to measure: apply it as is
         data_images = None
     else:
@@ -116,8 +118,6 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
         data_images = eval_images(data, request.eval_images, metadata, onnx_path, (data_option, "--eval-images"))
     with private_workdir() as workdir:
         if data_images is None:
-            if recipe is None:
-                raise UserError("nothing to gate: pass --max-delta-map, --keep-high or (with --int8) --calib-method auto")
             return _apply_recipe_unmeasured(onnx_path, output, precision, calibration, recipe, echo)
         setup = prepare(onnx_path, model, metadata, precision, data_images, None, onnx_path, calibration, workdir,
                         echo=echo)
