@@ -40,7 +40,7 @@ def test_a_graph_is_graded_by_its_conservative_bound_and_searched_again_with_str
 
     chosen, check, rounds = verified_search(choose, verify, 1.0, lambda _: None)
     assert targets == [1.0, 0.5] and verified == [1, 2] and len(chosen) == 2 and check.met(1.0)
-    assert [r["verification"]["conservative_abs_points"] for r in rounds] == [1.4, 0.9]
+    assert [r["verification"]["checked_abs_points"] for r in rounds] == [1.4, 0.9]
 
 
 def test_no_round_meeting_the_tolerance_is_reported_as_such():

@@ -40,7 +40,7 @@ from assd.precision.setup import (
     reference_result,
 )
 from assd.precision.uncertainty import images_needed
-from assd.precision.verify import Verification, Verifier, verification_dataset, verified_search
+from assd.precision.verify import ACCEPT, Verification, Verifier, verification_dataset, verified_search
 from assd.runtime.metadata import load_fp32_source
 from assd.utils import atomic_write_bytes
 
@@ -58,6 +58,7 @@ class DebugOptions:
     report_dir: str | None = None  # default: <output stem>.precision/ beside the output
     metric: str | None = None
     verify_data: str | None = None  # verification images (default: every image of data)
+    accept: str = "conservative"  # the tolerance is checked on Δ's conservative bound, or its point estimate
 
     def report_folder(self) -> Path:
         if self.report_dir:
@@ -101,6 +102,8 @@ def check_options(options: DebugOptions) -> float:
     tolerance = check_tolerance(options.tolerance, options.precision)
     if options.images < 1:
         raise UserError(f"--images {options.images}: must be at least 1")
+    if options.accept not in ACCEPT:
+        raise UserError(f"--accept {options.accept}: choose one of {', '.join(ACCEPT)}")
     check_annotated(options.data)
     if options.verify_data:
         check_annotated(options.verify_data, "--verify-data")
@@ -188,7 +191,7 @@ def _verifier(options: DebugOptions, setup: PrecisionSetup, metadata, echo: Call
         echo(f"warning: --images {options.images} takes every image of --data: no image is held out from the search "
              "(pass --verify-data, or more images in --data, for an independent check)")
     _result, reference = reference_result(options.reference, dataset, metadata, options.metric, echo)
-    return Verifier(spec, dataset, setup.images, same, metadata, reference, setup.evaluator.metric)
+    return Verifier(spec, dataset, setup.images, same, metadata, reference, setup.evaluator.metric, options.accept)
 
 
 def _search_and_verify(setup: PrecisionSetup, sensitivities: list[LayerSensitivity], tolerance: float,
@@ -257,6 +260,9 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
 
 def check_result(debug: DebugResult) -> None:
     if not debug.met:
-        raise CheckFailed(f"the final graph ({len(debug.kept)} layers high) has {debug.verification.text()}: |Δ| up to "
-                          f"{debug.verification.bound:.2f} exceeds ±{debug.tolerance:g} after {len(debug.rounds)} search "
-                          "rounds; the report says where the loss is (more verification images narrow the interval)")
+        check = debug.verification
+        needed = (f"; about {debug.images_needed} verification images would resolve ±{debug.tolerance:g}"
+                  if debug.images_needed and debug.images_needed > check.images else "")
+        raise CheckFailed(f"the final graph ({len(debug.kept)} layers high) has {check.text()}: checked |Δ| "
+                          f"({check.accept}) {check.bound:.2f} exceeds ±{debug.tolerance:g} after {len(debug.rounds)} "
+                          f"search rounds{needed}; the report says where the loss is")

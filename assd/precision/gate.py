@@ -24,7 +24,7 @@ from assd.errors import CheckFailed, UserError
 from assd.precision.debugger import check_tolerance, kept_layers
 from assd.precision.search import LayerSensitivity, SearchResult, search_by_bisection
 from assd.precision.setup import PRECISIONS, CalibrationRequest, eval_images, prepare
-from assd.precision.verify import Verifier, graph_detections, verification_dataset, verified_search
+from assd.precision.verify import ACCEPT, Verifier, graph_detections, verification_dataset, verified_search
 from assd.runtime.metadata import load_fp32_source, read_metadata
 from assd.utils import atomic_write_bytes
 
@@ -37,6 +37,7 @@ class GateRequest:
     keep_high: str | None = None  # recipe file
     eval_data: str | None = None  # annotated data for Δ mAP (default: the calibration data when a data spec)
     eval_images: int = DEFAULT_GATE_IMAGES
+    accept: str = "conservative"  # the budget is checked on Δ's conservative bound, or its point estimate
 
 
 @dataclass
@@ -67,6 +68,8 @@ def check_request(onnx_path: str, output: str, precision: str, calibration: Cali
                                                                            "--max-delta-map")
     if request.eval_images < 1:
         raise UserError(f"--eval-images {request.eval_images}: must be at least 1")
+    if request.accept not in ACCEPT:
+        raise UserError(f"--accept {request.accept}: choose one of {', '.join(ACCEPT)}")
     data = _eval_data(request, calibration)
     needs_eval = budget is not None or (calibration is not None and calibration.method == "auto")
     if needs_eval and data is None:
@@ -126,7 +129,7 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
     plain = evaluator.evaluate(every)
     dataset = verification_dataset(data, metadata, onnx_path, data_option)
     verifier = Verifier(data, dataset, data_images, True, metadata, graph_detections(model, dataset, metadata),
-                        evaluator.metric)
+                        evaluator.metric, request.accept)
     echo(f"accuracy gate on {len(data_images)} search images of {data}, verified on all {len(dataset)} (reference: "
          f"the fp32 graph, {plain.result.metric} mAP {100 * setup.reference.mAP:.2f} on the search images): plain "
          f"{precision} Δ mAP {plain.delta_points:+.2f} points" + (f" (budget ±{budget:g})" if budget is not None else ""))
@@ -157,7 +160,8 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
     gate = GateResult(output, precision, [layer.name for layer in kept], plain.delta_points, verification.delta_points,
                       setup.method, verification.to_dict())
     if budget is not None and not verification.met(budget):
-        raise CheckFailed(f"{verification.text()}: |Δ| up to {verification.bound:.2f} exceeds --max-delta-map {budget:g} "
+        raise CheckFailed(f"{verification.text()}: checked |Δ| ({verification.accept}) {verification.bound:.2f} exceeds "
+                          f"--max-delta-map {budget:g} "
                           f"with {len(kept)} layers high (graph written to {output}); run 'assd debug-precision' for the "
                           "full report")
     return gate

@@ -12,7 +12,6 @@ from assd.calibration.recipe import Recipe
 from assd.precision.evaluator import VariantResult
 from assd.precision.search import ranked
 from assd.precision.uncertainty import Interval
-from assd.precision.verify import POINT_RULE, RULE
 from assd.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 REPORT_FILES = {"table": "table.md", "json": "table.json", "plot": "sensitivity.png", "recipe": "recipe.json"}
@@ -59,7 +58,7 @@ def _verification_lines(debug, options) -> list[str]:
     lines = [(f"- search images: {len(setup.images)} of `{options.data}` (evenly spaced): sensitivities, search and the "
              f"calibration method; verification images: all {verification.images} of `{verification.data}` "
              f"({held} of them not used by the search)"),
-             (f"- rule: {RULE if verification.interval else POINT_RULE}; Δ are in points against the reference, "
+             (f"- rule: {verification.rule}; Δ are in points against the reference, "
              "`Δ [low, high]` = point estimate [95 % paired bootstrap interval over images]")]
     if debug.images_needed:
         below = " — **more than the verification images**" if debug.images_needed > verification.images else ""
@@ -71,7 +70,7 @@ def _verification_lines(debug, options) -> list[str]:
 def _rounds(debug) -> list[str]:
     lines = ["", "## Verification rounds", "",
              ("| round | search target (search images) | layers kept high | Δ on all verification images | "
-             "Δ held out from the search | conservative abs Δ | meets ±tolerance |"), "|---|---|---|---|---|---|---|"]
+             "Δ held out from the search | checked abs Δ | meets ±tolerance |"), "|---|---|---|---|---|---|---|"]
     for number, entry in enumerate(debug.rounds, 1):
         check = entry["verification"]
         whole = check["interval"]
@@ -82,11 +81,11 @@ def _rounds(debug) -> list[str]:
                 return f"{delta:+.2f} ({images} images)"
             return (f"{interval['delta_map_points']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}] "
                     f"({interval['images']} images)")
-        met = check["conservative_abs_points"] <= debug.tolerance + 1e-9
+        met = check["checked_abs_points"] <= debug.tolerance + 1e-9
         lines.append(f"| {number} | ±{entry['search_target_points']:g} | {len(entry['kept_high'])} | "
                      f"{text(whole, check['delta_map_points'], check['images'])} | "
                      f"{text(held, float('nan'), check['held_out_images']) if held else '-'} | "
-                     f"{check['conservative_abs_points']:.2f} | {'yes' if met else 'no'} |")
+                     f"{check['checked_abs_points']:.2f} | {'yes' if met else 'no'} |")
     return lines
 
 
@@ -122,7 +121,7 @@ def markdown(debug, recipe: Recipe, options) -> str:
               f"Δ {_interval(verification.interval, verification.delta_points)} on {verification.images} images"
               + (f", held out from the search Δ {verification.held_out.text()} on {verification.held_out_images}"
                  if verification.held_out and verification.held_out_images != verification.images else "")
-              + f"; conservative |Δ| {verification.bound:.2f} against ±{debug.tolerance:g} — "
+              + f"; checked |Δ| ({verification.accept}) {verification.bound:.2f} against ±{debug.tolerance:g} — "
               + ("meets the tolerance" if debug.met else "**does not meet the tolerance**"),
               (f"- time: setup {debug.seconds['setup']:.0f} s, sensitivity {debug.seconds['sensitivity']:.0f} s, "
               f"search {debug.seconds['search']:.0f} s, total {debug.seconds['total']:.0f} s ({evaluated} variants "
