@@ -71,16 +71,15 @@ def _rounds(debug) -> list[str]:
     lines = ["", "## Verification rounds", "",
              ("| round | search target (search images) | layers kept high | Δ on all verification images | "
              "Δ held out from the search | checked abs Δ | meets ±tolerance |"), "|---|---|---|---|---|---|---|"]
+    def text(interval: dict | None, delta: float, images: int) -> str:
+        if interval is None:
+            return f"{delta:+.2f} ({images} images)"
+        return (f"{interval['delta_map_points']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}] "
+                f"({interval['images']} images)")
+
     for number, entry in enumerate(debug.rounds, 1):
         check = entry["verification"]
-        whole = check["interval"]
-        held = check["held_out"]
-
-        def text(interval: dict | None, delta: float, images: int) -> str:
-            if interval is None:
-                return f"{delta:+.2f} ({images} images)"
-            return (f"{interval['delta_map_points']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}] "
-                    f"({interval['images']} images)")
+        whole, held = check["interval"], check["held_out"]
         met = check["checked_abs_points"] <= debug.tolerance + 1e-9
         lines.append(f"| {number} | ±{entry['search_target_points']:g} | {len(entry['kept_high'])} | "
                      f"{text(whole, check['delta_map_points'], check['images'])} | "
