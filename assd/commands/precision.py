@@ -13,7 +13,13 @@ import click
 @click.option("--tolerance", type=float, default=None,
               help="Largest |Δ mAP| in points for the final graph (default: int8 1.0, fp16 0.3).")
 @click.option("--images", type=int, default=32, show_default=True,
-              help="Evaluation images per variant (evenly spaced over --data).")
+              help="Search images per variant (evenly spaced over --data); the answer is verified on every image "
+                   "of --data (or --verify-data).")
+@click.option("--verify-data", default=None,
+              help="Annotated data to verify the final graph on (default: every image of --data).")
+@click.option("--accept", type=click.Choice(["conservative", "point"]), default="conservative", show_default=True,
+              help="What --tolerance is checked against on the verification images: the end of Δ's 95 % paired "
+                   "bootstrap interval farthest from 0, or the point estimate (what eval-engine checks).")
 @click.option("--calib-data", default=None, help="Calibration images for int8 (folder or data spec; default: --data).")
 @click.option("--calib-images", type=int, default=100, show_default=True, help="Calibration images.")
 @click.option("--method", type=click.Choice(["entropy", "percentile", "max", "auto"]), default="entropy",
@@ -24,8 +30,8 @@ import click
               help="The final graph (.onnx): kept-high layers applied and recorded in its metadata.")
 @click.option("--report", "report_dir", default=None,
               help="Report folder (table.md, table.json, sensitivity.png, recipe.json); default: OUTPUT.precision/.")
-def debug_precision_command(onnx_file, data, reference, precision, tolerance, images, calib_data, calib_images,
-                            method, calib_cache, output, report_dir):
+def debug_precision_command(onnx_file, data, reference, precision, tolerance, images, verify_data, accept,
+                            calib_data, calib_images, method, calib_cache, output, report_dir):
     """Per-layer precision sensitivity of the fp32 ONNX_FILE by Δ mAP (ONNX Runtime, CPU), and the fewest,
     cheapest layers to keep in higher precision so that the INT8 / FP16 graph stays within --tolerance."""
     from assd.precision.debugger import DebugOptions, check_result, debug_precision
@@ -34,14 +40,17 @@ def debug_precision_command(onnx_file, data, reference, precision, tolerance, im
 
     calibration = CalibrationRequest(data=calib_data or data, images=calib_images, method=method, cache=calib_cache)
     options = DebugOptions(onnx=onnx_file, data=data, reference=reference, output=output, precision=precision,
-                           tolerance=tolerance, calibration=calibration, images=images, report_dir=report_dir)
+                           tolerance=tolerance, calibration=calibration, images=images, report_dir=report_dir,
+                           verify_data=verify_data, accept=accept)
     debug = debug_precision(options, echo=click.echo)
     top = ", ".join(f"{s.layer.name} ({s.kept_high.delta_points:+.2f} kept high alone)"
                     for s in ranked(debug.sensitivities)[:3])
     click.echo(f"most sensitive: {top}")
     kept = ", ".join(s.layer.name for s in debug.kept) or "none"
-    click.echo(f"kept high: {kept} ({100 * sum(s.layer.share for s in debug.kept):.2f} % of the MACs); final Δ mAP "
-               f"{debug.final.delta_points:+.2f} points (every layer {precision}: {debug.all_low.delta_points:+.2f}, "
-               f"tolerance ±{debug.tolerance:g}) in {debug.seconds['total']:.0f} s")
+    check = debug.verification
+    click.echo(f"kept high: {kept} ({100 * sum(s.layer.share for s in debug.kept):.2f} % of the MACs); final graph: "
+               f"{check.text()}; checked |Δ| ({accept}) {check.bound:.2f} (tolerance ±{debug.tolerance:g}; every layer "
+               f"{precision}: {debug.all_low.delta_points:+.2f} on {len(debug.setup.images)} search images) in "
+               f"{debug.seconds['total']:.0f} s")
     click.echo(f"wrote {output} and {debug.files['table']}, {debug.files['plot']}, {debug.files['recipe']}")
     check_result(debug)

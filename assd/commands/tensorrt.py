@@ -34,14 +34,19 @@ def _gate_options(command):
                      help="A recipe.json from 'assd debug-precision': keep its layers in fp32 (no search)."),
         click.option("--eval-data", default=None,
                      help="Annotated images for Δ mAP (default: --calib-data when it is a data spec)."),
-        click.option("--eval-images", type=int, default=50, show_default=True, help="Images the gate evaluates."),
+        click.option("--eval-images", type=int, default=50, show_default=True,
+                     help="Search images of --eval-data; the chosen graph is verified on all of it."),
+        click.option("--accept", type=click.Choice(["conservative", "point"]), default="conservative",
+                     show_default=True, help="What --max-delta-map is checked against: the end of Δ's 95 % paired "
+                     "bootstrap interval farthest from 0, or the point estimate."),
     ])
 
 
-def _gate_request(max_delta_map, keep_high, eval_data, eval_images):
+def _gate_request(max_delta_map, keep_high, eval_data, eval_images, accept):
     from assd.precision.gate import GateRequest
 
-    return GateRequest(max_delta_map=max_delta_map, keep_high=keep_high, eval_data=eval_data, eval_images=eval_images)
+    return GateRequest(max_delta_map=max_delta_map, keep_high=keep_high, eval_data=eval_data, eval_images=eval_images,
+                       accept=accept)
 
 
 @click.command("calibrate")
@@ -56,7 +61,7 @@ def _gate_request(max_delta_map, keep_high, eval_data, eval_images):
               help="Images of --calib-data for the int8-vs-fp32 parity report (0: skip).")
 @_gate_options
 def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method, calib_cache, calib_percentile,
-                      parity_images, max_delta_map, keep_high, eval_data, eval_images):
+                      parity_images, max_delta_map, keep_high, eval_data, eval_images, accept):
     """INT8 post-training quantization of the fp32 ONNX_FILE to a Q/DQ graph (TensorRT's explicit
     quantization): per-channel int8 Conv weights, calibrated per-tensor activations, attention in float."""
     from assd.calibration.workflow import calibrate_and_report, check_calibrate_options, report_parity
@@ -69,7 +74,7 @@ def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method,
         calibration = CalibrationRequest(data=calib_data, images=calib_images, method=calib_method, cache=calib_cache,
                                          percentile=calib_percentile)
         gate_graph(onnx_file, output, "int8", calibration, _gate_request(max_delta_map, keep_high, eval_data,
-                                                                         eval_images), echo=click.echo)
+                                                                         eval_images, accept), echo=click.echo)
         report_parity(onnx_file, output, calib_data, parity_images, echo=click.echo)
         return
     calibrate_and_report(onnx_file, output, calib_data, num_images=calib_images, method=calib_method,
@@ -100,7 +105,7 @@ def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method,
 @click.option("--tf32", is_flag=True, help="Allow TF32 for float32 layers (TensorRT's default; off here: ASSD's "
               "unscaled attention scores need full fp32).")
 def build_engine_command(onnx_file, output, precision, batch, workspace, timing_cache, calib_data, calib_images,
-                         calib_method, calib_cache, max_delta_map, keep_high, eval_data, eval_images,
+                         calib_method, calib_cache, max_delta_map, keep_high, eval_data, eval_images, accept,
                          version_compatible, hardware_compat, tf32):
     """Build a strongly typed TensorRT engine (+ OUTPUT.json sidecar) from an assd ONNX_FILE."""
     import dataclasses
@@ -116,6 +121,11 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
     from assd.paths import check_outputs
     from assd.runtime.engine_info import sidecar_path
 
+    if calib_method == "auto" and precision != "int8":
+        from assd.errors import UserError
+
+        raise UserError("--calib-method auto: chooses the INT8 calibration ranges by Δ mAP; it applies to --int8 "
+                        "builds from an fp32 graph only: drop it, or pass --int8")
     graph = precision_graph_path(onnx_file, output, precision) if precision in ("fp16", "int8") else None
     check_outputs([onnx_file, keep_high, *data_spec_inputs(calib_data), *data_spec_inputs(eval_data)],
                   files={"-o": output, "the engine sidecar": sidecar_path(output), "the precision graph": graph,
@@ -134,6 +144,7 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
         calibration = CalibrationRequest(data=calib_data, images=calib_images, method=calib_method,
                                          cache=calib_cache) if calib_data else None
         onnx_file = gate_for_engine(onnx_file, output, precision, calibration,
-                                    _gate_request(max_delta_map, keep_high, eval_data, eval_images), echo=click.echo)
-        options = dataclasses.replace(options, precision=None)
+                                    _gate_request(max_delta_map, keep_high, eval_data, eval_images, accept),
+                                    echo=click.echo)
+        options = dataclasses.replace(options, precision=None, calibration=CalibrationOptions())  # graph made
     build_engine(onnx_file, output, options, echo=click.echo)

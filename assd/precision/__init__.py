@@ -10,6 +10,8 @@ calibration and evaluation; only ``assd.commands`` imports it.
     evaluator  mAP / Δ mAP / loc, conf and per-map errors of variants (ONNX Runtime, CPU)
     layers     the layers (int8: quantized Convs; fp16: node groups), MACs, prediction maps
     search     per-layer sensitivity, greedy-by-sensitivity-per-MAC search, bisections
+    uncertainty  paired bootstrap interval of Δ mAP over images
+    verify     the chosen graph graded on the verification images; stricter search rounds when it fails
     report     table.md / table.json / sensitivity.png / recipe.json
 """
 

@@ -3,8 +3,13 @@
     fp32 ONNX ──calibrate once──► Q/DQ graph (every layer int8) ──► one switchable graph, one session
         ──► per layer: Δ mAP kept high alone / lowered alone, loc/conf error, MAC share   (search.analyze)
         ──► greedy by sensitivity per MAC, bisection, drop the unneeded              (search.search)
-        ──► final graph (kept layers high, recorded in its metadata), verified on its own
+        ──► final graph (kept layers high, recorded in its metadata), verified on every image of --data
+            (or --verify-data) with a paired bootstrap interval; over the tolerance: search again with a
+            stricter target, else exit 1                                               (verify)
         ──► report folder: table.md / table.json, sensitivity.png, recipe.json        (report)
+
+The sensitivities and the search use ``--images`` search images (evenly spaced over ``--data``); the
+answer is graded on the verification images, never only on those that made it (``assd.precision.verify``).
 
 Everything runs with ONNX Runtime on the CPU, so the answer exists before any GPU is involved.
 """
@@ -21,7 +26,7 @@ from assd.calibration.paths import check_graph_outputs, private_workdir
 from assd.calibration.recipe import KeptLayer, Recipe
 from assd.errors import CheckFailed, UserError
 from assd.precision.evaluator import VariantResult, available_threads
-from assd.precision.report import REPORT_FILES
+from assd.precision.report import REPORT_FILES, write_report
 from assd.precision.search import LayerSensitivity, SearchResult, analyze, greedy_order, search
 from assd.precision.setup import (
     DEFAULT_EVAL_IMAGES,
@@ -34,6 +39,8 @@ from assd.precision.setup import (
     prepare,
     reference_result,
 )
+from assd.precision.uncertainty import images_needed
+from assd.precision.verify import ACCEPT, Verification, Verifier, verification_dataset, verified_search
 from assd.runtime.metadata import load_fp32_source
 from assd.utils import atomic_write_bytes
 
@@ -47,9 +54,11 @@ class DebugOptions:
     precision: str = "int8"
     tolerance: float | None = None  # Δ mAP points (default: 1.0 int8, 0.3 fp16)
     calibration: CalibrationRequest | None = None  # int8 (default: entropy on --data)
-    images: int = DEFAULT_EVAL_IMAGES
+    images: int = DEFAULT_EVAL_IMAGES  # search images (evenly spaced over data)
     report_dir: str | None = None  # default: <output stem>.precision/ beside the output
     metric: str | None = None
+    verify_data: str | None = None  # verification images (default: every image of data)
+    accept: str = "conservative"  # the tolerance is checked on Δ's conservative bound, or its point estimate
 
     def report_folder(self) -> Path:
         if self.report_dir:
@@ -65,14 +74,17 @@ class DebugResult:
     sensitivities: list[LayerSensitivity]
     search: SearchResult
     kept: list[LayerSensitivity]
-    final: VariantResult  # the written graph, evaluated on its own
+    final: VariantResult  # the written graph, evaluated on its own on the search images
     tolerance: float
+    verification: Verification  # the written graph on the verification images (decides ``met``)
+    rounds: list[dict] = field(default_factory=list)  # search target and verification per round
+    images_needed: int | None = None  # verification images for the tolerance to be resolved (see uncertainty)
     seconds: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
     @property
     def met(self) -> bool:
-        return abs(self.final.delta_points) <= self.tolerance + 1e-9
+        return self.verification.met(self.tolerance)
 
 
 def check_tolerance(tolerance: float | None, precision: str, option: str = "--tolerance") -> float:
@@ -90,21 +102,41 @@ def check_options(options: DebugOptions) -> float:
     tolerance = check_tolerance(options.tolerance, options.precision)
     if options.images < 1:
         raise UserError(f"--images {options.images}: must be at least 1")
+    if options.accept not in ACCEPT:
+        raise UserError(f"--accept {options.accept}: choose one of {', '.join(ACCEPT)}")
     check_annotated(options.data)
+    if options.verify_data:
+        check_annotated(options.verify_data, "--verify-data")
     if options.calibration is not None and options.precision == "int8":
         _check_calibration(options.calibration)
-    if not Path(options.reference).is_file():
-        raise UserError(f"--reference {options.reference}: no such file: pass the checkpoint (.pt) or fp32 ONNX "
-                        "the graph was exported from")
+    check_reference(options.reference)
     calibration = options.calibration if options.precision == "int8" else None
     report = options.report_folder()
     if report.exists() and not report.is_dir():
         raise UserError(f"--report {report}: is a file: pass a folder for the report")
     check_graph_outputs(options.output, calibration.cache if calibration else None,
                         {"ONNX": options.onnx, "--reference": options.reference},
-                        [options.data, calibration.data if calibration else None],
+                        [options.data, options.verify_data, calibration.data if calibration else None],
                         folders={"--report": (report, tuple(REPORT_FILES.values()))})
     return tolerance
+
+
+def check_reference(reference: str) -> None:
+    """The reference is the model before any precision change: a checkpoint or an fp32 ONNX graph."""
+    from assd.runtime.metadata import read_metadata
+
+    path = Path(reference)
+    if not path.is_file():
+        raise UserError(f"--reference {reference}: no such file: pass the checkpoint (.pt) or fp32 ONNX "
+                        "the graph was exported from")
+    if path.suffix.lower() == ".onnx":
+        precision = read_metadata(path).precision
+        if precision != "fp32":
+            raise UserError(f"--reference {reference}: is a {precision} graph, not a reference: pass the checkpoint "
+                            "(.pt) or the fp32 ONNX export it was made from")
+    elif path.suffix.lower() not in (".pt", ".pth"):
+        raise UserError(f"--reference {reference}: not a checkpoint (.pt) or fp32 ONNX graph: pass the one the "
+                        "graph was exported from")
 
 
 def _check_calibration(calibration: CalibrationRequest) -> None:
@@ -133,7 +165,7 @@ def kept_layers(setup: PrecisionSetup, result: SearchResult, sensitivities: list
 
 
 def make_recipe(setup: PrecisionSetup, all_low: VariantResult, kept: list[LayerSensitivity], result: SearchResult,
-                final: VariantResult, tolerance: float) -> Recipe:
+                verification: Verification, tolerance: float) -> Recipe:
     layers = []
     for s in kept:
         why = [(f"kept high alone: Δ {s.kept_high.delta_points:+.2f} points (every layer low: "
@@ -141,17 +173,47 @@ def make_recipe(setup: PrecisionSetup, all_low: VariantResult, kept: list[LayerS
         if s.lowered is not None:
             why.append(f"lowered alone: Δ {s.lowered.delta_points:+.2f}")
         if s.layer.name in result.needed:
-            why.append(f"the final set without it: Δ {result.needed[s.layer.name]:+.2f} (tolerance ±{tolerance:g})")
+            why.append(f"the final set without it: Δ {result.needed[s.layer.name]:+.2f} on the search images "
+                       f"(tolerance ±{tolerance:g})")
         layers.append(KeptLayer(s.layer.name, s.layer.node, round(s.layer.share, 6), "; ".join(why)))
     return Recipe(setup.precision, layers, model=setup.metadata.model_config.name, tolerance_points=tolerance,
-                  delta_map_points={"low": round(all_low.delta_points, 4), "final": round(final.delta_points, 4)},
+                  delta_map_points={"low": round(all_low.delta_points, 4),
+                                    "final": round(verification.delta_points, 4)},
                   calibration=setup.calibration)
+
+
+def _verifier(options: DebugOptions, setup: PrecisionSetup, metadata, echo: Callable[[str], None]) -> Verifier:
+    """The verification images (every image of --verify-data, else of --data) and the reference on them."""
+    spec = options.verify_data or options.data
+    dataset = verification_dataset(spec, metadata, options.onnx, "--verify-data" if options.verify_data else "--data")
+    same = options.verify_data is None or options.verify_data == options.data
+    if same and len(dataset) == len(setup.images):
+        echo(f"warning: --images {options.images} takes every image of --data: no image is held out from the search "
+             "(pass --verify-data, or more images in --data, for an independent check)")
+    _result, reference = reference_result(options.reference, dataset, metadata, options.metric, echo)
+    return Verifier(spec, dataset, setup.images, same, metadata, reference, setup.evaluator.metric, options.accept)
+
+
+def _search_and_verify(setup: PrecisionSetup, sensitivities: list[LayerSensitivity], tolerance: float,
+                       verifier: Verifier, echo: Callable[[str], None]):
+    """(search result, kept layers, the final graph on the search images, its verification, rounds)."""
+    last: dict = {}
+
+    def choose(target: float) -> list[LayerSensitivity]:
+        last["result"] = search(setup.evaluator, sensitivities, target, echo)
+        kept, last["final"] = kept_layers(setup, last["result"], sensitivities, target, echo)
+        return kept
+
+    def verify(kept: list[LayerSensitivity]) -> Verification:
+        return verifier.verify(setup.graph([s.layer for s in kept]))
+
+    kept, verification, rounds = verified_search(choose, verify, tolerance, echo)
+    return last["result"], kept, last["final"], verification, rounds
 
 
 def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) -> DebugResult:
     """Run the debugger (see the module docstring); writes ``options.output`` and the report folder."""
     from assd.export.onnx_export import check_and_serialize
-    from assd.precision.report import write_report
 
     tolerance = check_options(options)
     started = time.perf_counter()
@@ -163,11 +225,12 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
     with private_workdir() as workdir:
         setup = prepare(options.onnx, model, metadata, options.precision, images, reference, options.reference,
                         calibration, workdir, options.metric, echo)
+    verifier = _verifier(options, setup, metadata, echo)
     seconds["setup"] = time.perf_counter() - started
     if options.precision == "fp16":
         report_fp16_range(model, metadata, images, options.data, echo)
     echo(f"{len(setup.layers)} {options.precision} layers; ONNX Runtime CPU, {available_threads()} threads, "
-         f"{len(images)} images per variant")
+         f"{len(images)} search images per variant, {len(verifier.dataset)} verification images")
     mark = time.perf_counter()
     step = max(len(setup.layers) // 4, 1)
 
@@ -177,15 +240,21 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
 
     all_low, sensitivities = analyze(setup.evaluator, setup.layers, True, progress)
     seconds["sensitivity"] = time.perf_counter() - mark
-    echo(f"every layer {options.precision}: Δ mAP {all_low.delta_points:+.2f} points (tolerance ±{tolerance:g})")
+    low = setup.evaluator.interval(all_low)
+    echo(f"every layer {options.precision}: Δ mAP {low.text() if low else f'{all_low.delta_points:+.2f}'} points "
+         f"on the search images (tolerance ±{tolerance:g})")
     mark = time.perf_counter()
-    result = search(setup.evaluator, sensitivities, tolerance, echo)
-    kept, final = kept_layers(setup, result, sensitivities, tolerance, echo)
+    result, kept, final, verification, rounds = _search_and_verify(setup, sensitivities, tolerance, verifier, echo)
     seconds["search"] = time.perf_counter() - mark
     atomic_write_bytes(options.output, check_and_serialize(setup.graph([s.layer for s in kept])))
     seconds["total"] = time.perf_counter() - started
-    debug = DebugResult(setup, all_low, sensitivities, result, kept, final, tolerance, seconds)
-    recipe = make_recipe(setup, all_low, kept, result, final, tolerance)
+    debug = DebugResult(setup, all_low, sensitivities, result, kept, final, tolerance, verification, rounds,
+                        images_needed(verification.interval, tolerance), seconds)
+    if debug.images_needed and debug.images_needed > verification.images:
+        echo(f"warning: ±{tolerance:g} points needs about {debug.images_needed} verification images here (the 95 % "
+             f"interval of Δ is ±{verification.interval.half_width:.2f} on {verification.images}; it shrinks as "
+             "1/sqrt(images)); --images and the data are below that")
+    recipe = make_recipe(setup, all_low, kept, result, verification, tolerance)
     debug.files = write_report(options.report_folder(), debug, recipe, options)
     debug.files["graph"] = str(options.output)
     return debug
@@ -210,6 +279,9 @@ def report_fp16_range(model, metadata, images, source: str, echo: Callable[[str]
 
 def check_result(debug: DebugResult) -> None:
     if not debug.met:
-        raise CheckFailed(f"no kept-high set found with |Δ mAP| <= {debug.tolerance:g} points (best: "
-                          f"{debug.final.delta_points:+.2f} with {len(debug.kept)} layers high); the report says "
-                          "where the loss is")
+        check = debug.verification
+        needed = (f"; about {debug.images_needed} verification images would resolve ±{debug.tolerance:g}"
+                  if debug.images_needed and debug.images_needed > check.images else "")
+        raise CheckFailed(f"the final graph ({len(debug.kept)} layers high) has {check.text()}: checked |Δ| "
+                          f"({check.accept}) {check.bound:.2f} exceeds ±{debug.tolerance:g} after {len(debug.rounds)} "
+                          f"search rounds{needed}; the report says where the loss is")

@@ -19,8 +19,10 @@ import onnx
 import torch
 
 from assd.evaluation import EvalResult, evaluate_detections, predict_dataset
+from assd.evaluation.evaluate import default_metric
 from assd.precision.layers import PredictionMap
 from assd.precision.switch import add_outputs, flags
+from assd.precision.uncertainty import BOOTSTRAP_METRICS, Interval, Outcomes, paired_interval
 from assd.runtime.fp16_preview import preview_session
 from assd.runtime.postprocess import PostprocessConfig
 
@@ -102,6 +104,8 @@ class VariantResult:
     loc_error: float = 0.0
     conf_error: float = 0.0
     per_map: list[dict] = field(default_factory=list)  # per prediction map: loc, conf, map tensor errors
+    outcomes: Outcomes | None = field(default=None, repr=False)  # matched detections (for the bootstrap)
+    interval: Interval | None = None  # Δ's paired bootstrap interval (``VariantEvaluator.interval``)
 
     @property
     def map_points(self) -> float:
@@ -122,11 +126,15 @@ class VariantEvaluator:
         add_outputs(switchable, self.map_outputs, float_names=set(self.map_outputs))  # (in place)
         self.session = open_session(switchable, threads)
         self.layer_count, self.images, self.cfg = layer_count, images, cfg
-        self.postprocess_cfg, self.maps, self.metric = postprocess_cfg, maps, metric
+        self.postprocess_cfg, self.maps = postprocess_cfg, maps
+        self.metric = metric or default_metric(images)
+        self.annotations = [images.annotation(i) for i in range(len(images))]
+        self.num_classes = len(images.class_names) + 1
         self.batch_size = batch_size or BATCH
         self.cache: dict[frozenset[int], VariantResult] = {}
         self.runs = 0
         self.reference: EvalResult | None = None
+        self.reference_outcomes: Outcomes | None = None
         self.fp32_outputs: list[np.ndarray] | None = None
 
     def _outputs(self, session, feed: dict, names: list[str]) -> tuple[list, list[np.ndarray]]:
@@ -145,19 +153,39 @@ class VariantEvaluator:
     def _variant(self, low: set[int]) -> tuple[list, list[np.ndarray]]:
         return self._outputs(self.session, flags(self.layer_count, low), ["loc", "conf", *self.map_outputs])
 
-    def set_reference(self, reference: EvalResult | None, shared: VariantEvaluator | None = None) -> VariantResult:
+    def outcomes(self, detections) -> Outcomes | None:
+        """The detections matched once, for the bootstrap (None for a metric without one)."""
+        if self.metric not in BOOTSTRAP_METRICS:
+            return None
+        return Outcomes(detections, self.annotations, self.num_classes)
+
+    def set_reference(self, reference: tuple[EvalResult, list] | None,
+                      shared: VariantEvaluator | None = None) -> VariantResult:
         """Run the all-high (fp32) variant (or take it from ``shared``, an evaluator of the same fp32 graph on
-        the same images); it is the reference for Δ mAP unless ``reference`` is given."""
+        the same images); it is the reference for Δ mAP unless ``reference`` (its result and detections on
+        these images) is given."""
         if shared is not None:
-            self.fp32_outputs, fp32_result = shared.fp32_outputs, shared.cache[frozenset()].result
+            self.fp32_outputs, fp32 = shared.fp32_outputs, shared.cache[frozenset()]
+            fp32_result, fp32_outcomes = fp32.result, fp32.outcomes
         else:
             detections, self.fp32_outputs = self._variant(set())
             fp32_result = evaluate_detections(detections, self.images, self.metric, self.postprocess_cfg)
-        self.reference = reference or fp32_result
-        result = VariantResult(frozenset(), fp32_result, 100 * (fp32_result.mAP - self.reference.mAP))
+            fp32_outcomes = self.outcomes(detections)
+        if reference is None:
+            self.reference, self.reference_outcomes = fp32_result, fp32_outcomes
+        else:
+            self.reference, self.reference_outcomes = reference[0], self.outcomes(reference[1])
+        result = VariantResult(frozenset(), fp32_result, 100 * (fp32_result.mAP - self.reference.mAP),
+                               outcomes=fp32_outcomes)
         self._errors(result, self.fp32_outputs)
         self.cache[frozenset()] = result
         return result
+
+    def interval(self, variant: VariantResult) -> Interval | None:
+        """``variant``'s Δ with its paired bootstrap interval on these images (computed once per variant)."""
+        if variant.interval is None and variant.outcomes is not None and self.reference_outcomes is not None:
+            variant.interval = paired_interval(self.reference_outcomes, variant.outcomes, self.metric)
+        return variant.interval
 
     def _errors(self, result: VariantResult, outputs: list[np.ndarray]) -> None:
         reference = self.fp32_outputs
@@ -182,7 +210,8 @@ class VariantEvaluator:
                 self.set_reference(None)
             detections, outputs = self._variant(set(key))
             result = evaluate_detections(detections, self.images, self.metric, self.postprocess_cfg)
-            variant = VariantResult(key, result, 100 * (result.mAP - self.reference.mAP))
+            variant = VariantResult(key, result, 100 * (result.mAP - self.reference.mAP),
+                                    outcomes=self.outcomes(detections))
             self._errors(variant, outputs)
             self.cache[key] = variant
         return self.cache[key]
@@ -194,6 +223,7 @@ class VariantEvaluator:
         exposed = add_outputs(model, self.map_outputs)
         detections, outputs = self._outputs(open_session(model), {}, ["loc", "conf", *exposed])
         result = evaluate_detections(detections, self.images, self.metric, self.postprocess_cfg)
-        variant = VariantResult(frozenset(), result, 100 * (result.mAP - self.reference.mAP))
+        variant = VariantResult(frozenset(), result, 100 * (result.mAP - self.reference.mAP),
+                                outcomes=self.outcomes(detections))
         self._errors(variant, outputs)
         return variant

@@ -2,10 +2,13 @@
 ``--calib-method auto`` / ``--max-delta-map`` / ``--keep-high``.
 
 The gate runs before any TensorRT build (precision lives in the graph): make the INT8 / FP16 graph,
-measure its Δ mAP against the fp32 graph on annotated images (ONNX Runtime, CPU), and when it exceeds
-the budget run the debugger's search (only the "kept high alone" sensitivities: the search needs no
-more) and keep the layers it finds in higher precision. A recipe (``--keep-high recipe.json``) applies
-a known set without searching. The kept layers are recorded in the graph's metadata
+measure its Δ mAP against the fp32 graph on ``--eval-images`` search images of ``--eval-data`` (ONNX
+Runtime, CPU), and when it exceeds the budget bisect for the layers to keep in higher precision. The
+chosen graph (and ``--calib-method auto``'s method, chosen on the same search images) is then graded
+on every image of ``--eval-data`` by the debugger's rule (``assd.precision.verify``: the conservative
+bound of the paired bootstrap interval within ``--max-delta-map``; otherwise the search runs again
+with a stricter target, then exit 1). A recipe (``--keep-high recipe.json``) applies a known set
+without searching, and is verified the same way. The kept layers are recorded in the graph's metadata
 (``assd.kept_high``), which ``build-engine`` copies into the engine's sidecar.
 """
 
@@ -21,6 +24,7 @@ from assd.errors import CheckFailed, UserError
 from assd.precision.debugger import check_tolerance, kept_layers
 from assd.precision.search import LayerSensitivity, SearchResult, search_by_bisection
 from assd.precision.setup import PRECISIONS, CalibrationRequest, eval_images, prepare
+from assd.precision.verify import ACCEPT, Verifier, graph_detections, verification_dataset, verified_search
 from assd.runtime.metadata import load_fp32_source, read_metadata
 from assd.utils import atomic_write_bytes
 
@@ -33,6 +37,7 @@ class GateRequest:
     keep_high: str | None = None  # recipe file
     eval_data: str | None = None  # annotated data for Δ mAP (default: the calibration data when a data spec)
     eval_images: int = DEFAULT_GATE_IMAGES
+    accept: str = "conservative"  # the budget is checked on Δ's conservative bound, or its point estimate
 
 
 @dataclass
@@ -40,9 +45,10 @@ class GateResult:
     graph: str
     precision: str
     kept_high: list[str] = field(default_factory=list)
-    delta_low: float | None = None  # Δ mAP points of the plain low-precision graph
-    delta_final: float | None = None
+    delta_low: float | None = None  # Δ mAP points of the plain low-precision graph (search images)
+    delta_final: float | None = None  # the written graph on the verification images
     method: str | None = None
+    verification: dict | None = None  # ``Verification.to_dict()`` of the written graph
 
 
 def _eval_data(request: GateRequest, calibration: CalibrationRequest | None) -> str | None:
@@ -62,6 +68,8 @@ def check_request(onnx_path: str, output: str, precision: str, calibration: Cali
                                                                            "--max-delta-map")
     if request.eval_images < 1:
         raise UserError(f"--eval-images {request.eval_images}: must be at least 1")
+    if request.accept not in ACCEPT:
+        raise UserError(f"--accept {request.accept}: choose one of {', '.join(ACCEPT)}")
     data = _eval_data(request, calibration)
     needs_eval = budget is not None or (calibration is not None and calibration.method == "auto")
     if needs_eval and data is None:
@@ -104,6 +112,8 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
     recipe = _checked_recipe(request.keep_high, model, precision)
     if precision == "int8" and calibration is None:
         raise UserError(f"{onnx_path}: --int8 from an fp32 graph needs calibration images: pass --calib-data SPEC")
+    if data is None and recipe is None:
+        raise UserError("nothing to gate: pass --max-delta-map, --keep-high or (with --int8) --calib-method auto")
     if data is None:  # a recipe and nothing to measure: apply it as is
         data_images = None
     else:
@@ -117,33 +127,42 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
     evaluator, every = setup.evaluator, frozenset(range(len(setup.layers)))
     names = {layer.node: layer.name for layer in setup.layers}
     plain = evaluator.evaluate(every)
-    echo(f"accuracy gate on {len(data_images)} images of {data} (reference: the fp32 graph, {plain.result.metric} "
-         f"mAP {100 * setup.reference.mAP:.2f}): plain {precision} Δ mAP {plain.delta_points:+.2f} points"
-         + (f" (budget ±{budget:g})" if budget is not None else ""))
+    dataset = verification_dataset(data, metadata, onnx_path, data_option)
+    verifier = Verifier(data, dataset, data_images, True, metadata, graph_detections(model, dataset, metadata),
+                        evaluator.metric, request.accept)
+    echo(f"accuracy gate on {len(data_images)} search images of {data}, verified on all {len(dataset)} (reference: "
+         f"the fp32 graph, {plain.result.metric} mAP {100 * setup.reference.mAP:.2f} on the search images): plain "
+         f"{precision} Δ mAP {plain.delta_points:+.2f} points" + (f" (budget ±{budget:g})" if budget is not None else ""))
+    every_layer = [LayerSensitivity(layer, i, None, None) for i, layer in enumerate(setup.layers)]
     if recipe is not None:
         nodes = resolve_layers(recipe.layer_names, names, f"--keep-high {request.keep_high}")
-        kept = [layer for layer in setup.layers if layer.node in nodes]
-        final = evaluator.evaluate_model(setup.graph(kept))
+        chosen = [s for s in every_layer if s.layer.node in nodes]
+        verification = verifier.verify(setup.graph([s.layer for s in chosen]))
     elif budget is None:
-        kept, final = [], evaluator.evaluate_model(setup.graph([]))
+        chosen, verification = [], verifier.verify(setup.graph([]))
     else:
-        result = SearchResult([], plain, True)
-        if abs(plain.delta_points) > budget + 1e-9:
-            echo(f"over budget: bisecting the {len(setup.layers)} layers for the fewest to keep in fp32")
-            result = search_by_bisection(evaluator, setup.layers, budget)
-            echo(f"  {len(result.trials)} variants evaluated")
-        every_layer = [LayerSensitivity(layer, i, None, None) for i, layer in enumerate(setup.layers)]
-        chosen, final = kept_layers(setup, result, every_layer, budget, echo)  # verified on the real graph
-        kept = [s.layer for s in chosen]
+        def choose(target: float) -> list[LayerSensitivity]:
+            result = SearchResult([], plain, True)
+            if abs(plain.delta_points) > target + 1e-9:
+                echo(f"over ±{target:g} on the search images: bisecting the {len(setup.layers)} layers for the fewest "
+                     "to keep in fp32")
+                result = search_by_bisection(evaluator, setup.layers, target)
+                echo(f"  {len(result.trials)} variants evaluated")
+            return kept_layers(setup, result, every_layer, target, echo)[0]  # checked on the real graph
+
+        chosen, verification, _rounds = verified_search(
+            choose, lambda kept: verifier.verify(setup.graph([s.layer for s in kept])), budget, echo)
+    kept = [s.layer for s in chosen]
     atomic_write_bytes(output, check_and_serialize(setup.graph(kept)))
     share = 100 * sum(layer.share for layer in kept)
-    echo(f"wrote the {precision} graph {output}: Δ mAP {final.delta_points:+.2f} points, kept high: "
+    echo(f"wrote the {precision} graph {output}: {verification.text()}, kept high: "
          f"{', '.join(layer.name for layer in kept) or 'none'}" + (f" ({share:.2f} % of the MACs)" if kept else ""))
-    gate = GateResult(output, precision, [layer.name for layer in kept], plain.delta_points, final.delta_points,
-                      setup.method)
-    if budget is not None and abs(final.delta_points) > budget + 1e-9:
-        raise CheckFailed(f"Δ mAP {final.delta_points:+.2f} points exceeds --max-delta-map {budget:g} even with "
-                          f"{len(kept)} layers high (graph written to {output}); run 'assd debug-precision' for the "
+    gate = GateResult(output, precision, [layer.name for layer in kept], plain.delta_points, verification.delta_points,
+                      setup.method, verification.to_dict())
+    if budget is not None and not verification.met(budget):
+        raise CheckFailed(f"{verification.text()}: checked |Δ| ({verification.accept}) {verification.bound:.2f} exceeds "
+                          f"--max-delta-map {budget:g} "
+                          f"with {len(kept)} layers high (graph written to {output}); run 'assd debug-precision' for the "
                           "full report")
     return gate
 

@@ -44,7 +44,7 @@ class LayerSensitivity:
             if result is None:
                 return None
             return {"delta_map_points": result.delta_points, "loc_error": result.loc_error,
-                    "conf_error": result.conf_error}
+                    "conf_error": result.conf_error, "interval": result.interval and result.interval.to_dict()}
         return {"layer": self.layer.name, "node": self.layer.node, "op_type": self.layer.op_type,
                 "network_index": self.layer.index, "macs": self.layer.macs, "macs_share": self.layer.share,
                 "kept_high_alone": variant(self.kept_high), "lowered_alone": variant(self.lowered),
@@ -106,7 +106,8 @@ class _Trials:
     def variant(self, kept: list[LayerSensitivity], record: bool = True) -> VariantResult:
         result = self.evaluator.evaluate(self.everything - {s.position for s in kept})
         if record:
-            self.records.append({"kept": [s.layer.name for s in kept], "delta_map_points": result.delta_points})
+            self.records.append({"kept": [s.layer.name for s in kept], "delta_map_points": result.delta_points,
+                                 "low": result.low})  # (the variant's key, for its interval in the report)
         return result
 
     def meets(self, kept: list[LayerSensitivity]) -> bool:

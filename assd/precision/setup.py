@@ -118,9 +118,9 @@ def eval_images(data_spec: str, count: int, metadata: OnnxMetadata, source: str,
     return EvalImages(dataset, count)
 
 
-def reference_result(reference: str, images: EvalImages, metadata: OnnxMetadata, metric: str | None,
-                     echo: Callable[[str], None]) -> EvalResult:
-    """mAP of the ``--reference`` checkpoint or ONNX file on the evaluation images (CPU)."""
+def reference_result(reference: str, images, metadata: OnnxMetadata, metric: str | None,
+                     echo: Callable[[str], None]) -> tuple[EvalResult, list]:
+    """mAP and detections of the ``--reference`` checkpoint or fp32 ONNX file on ``images`` (CPU)."""
     from assd.runtime.runners import open_runner
 
     runner = open_runner(reference, device="cpu")
@@ -134,7 +134,7 @@ def reference_result(reference: str, images: EvalImages, metadata: OnnxMetadata,
                                  device=runner.device)
     result = evaluate_detections(detections, images, metric, postprocess_cfg)
     echo(f"reference {reference} [{runner.backend}]: {result.metric} mAP {100 * result.mAP:.2f} on {len(images)} images")
-    return result
+    return result, detections
 
 
 def _evaluator(switchable: onnx.ModelProto, count: int, images: EvalImages, metadata: OnnxMetadata,
@@ -146,11 +146,12 @@ def _evaluator(switchable: onnx.ModelProto, count: int, images: EvalImages, meta
 
 
 def prepare(onnx_path: str, fp32_model: onnx.ModelProto, metadata: OnnxMetadata, precision: str,
-            images: EvalImages, reference: EvalResult | None, reference_name: str,
+            images: EvalImages, reference: tuple[EvalResult, list] | None, reference_name: str,
             calibration: CalibrationRequest | None, workdir: Path, metric: str | None = None,
             echo: Callable[[str], None] = print) -> PrecisionSetup:
-    """The ``PrecisionSetup`` of the fp32 graph ``onnx_path`` (``fp32_model``) for ``precision``; ``reference``
-    None: the fp32 graph itself is the reference."""
+    """The ``PrecisionSetup`` of the fp32 graph ``onnx_path`` (``fp32_model``) for ``precision``; ``reference``:
+    (result, detections) of the reference on ``images``, None: the fp32 graph itself is the reference. With
+    ``--method auto`` the method is chosen on ``images`` (the search images; verification comes later)."""
     if precision == "fp16":
         layers = fp16_layers(fp32_model)
         evaluator = _evaluator(fp16_switchable(fp32_model, layers), len(layers), images, metadata, fp32_model, metric)
