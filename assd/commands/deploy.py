@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from assd.commands.outputs import force_option
 from assd.errors import UserError
 
 
 @click.command("export")
+@force_option
 @click.argument("model")
 @click.option("--onnx", "to_onnx", is_flag=True, help="Export to ONNX (the one artifact format).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .onnx file.")
@@ -53,6 +55,7 @@ def export_command(model, to_onnx, output, opset, batch, with_postprocess, atten
 
 
 @click.command()
+@force_option
 @click.argument("artifacts", nargs=-1)
 @click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes, e.g. 1,8,32.")
 @click.option("--iters", type=int, default=20, show_default=True, help="Timed iterations per configuration.")
@@ -95,6 +98,7 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
 
 
 @click.command("eval-engine")
+@force_option
 @click.argument("artifact")
 @click.option("--data", "data_spec", required=True, help="voc:ROOT[:SETS], coco:IMAGES:JSON or synthetic[:N].")
 @click.option("--reference", default=None, help="The PyTorch checkpoint the artifact was made from.")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from assd.commands.outputs import force_option
 from assd.errors import UserError
 
 
@@ -61,6 +62,7 @@ def _postprocess_click_options(score_threshold: float):
 
 
 @click.command("eval")
+@force_option
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
               help="Artifact to evaluate: checkpoint (.pt), .onnx, .engine, or a server URL http://HOST:PORT/MODEL.")
 @click.option("--detections", "detections_path", type=click.Path(dir_okay=False),
@@ -123,6 +125,7 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
 
 
 @click.command("predict")
+@force_option
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint (.pt), .onnx or .engine.")
 @click.argument("sources", nargs=-1, required=True)
@@ -156,6 +159,7 @@ def predict_command(model_path, sources, out_dir, batch_size, device, score_thre
 
 
 @click.command("attention")
+@force_option
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")

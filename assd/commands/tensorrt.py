@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from assd.commands.outputs import force_option
+
 CALIB_METHODS = ["entropy", "percentile", "max", "auto"]
 
 
@@ -45,6 +47,7 @@ def _gate_request(max_delta_map, keep_high, eval_data, eval_images):
 
 
 @click.command("calibrate")
+@force_option
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
 @click.option("--calib-data", required=True,
               help="Calibration images: a folder, or voc:ROOT[:SETS], coco:IMAGES:JSON, synthetic[:N].")
@@ -78,6 +81,7 @@ def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method,
 
 
 @click.command("build-engine")
+@force_option
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .engine file.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Build the fp32 graph as is.")
@@ -119,7 +123,7 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
     graph = precision_graph_path(onnx_file, output, precision) if precision in ("fp16", "int8") else None
     check_outputs([onnx_file, keep_high, *data_spec_inputs(calib_data), *data_spec_inputs(eval_data)],
                   files={"-o": output, "the engine sidecar": sidecar_path(output), "the precision graph": graph,
-                         "--timing-cache": timing_cache, "--calib-cache": calib_cache})
+                         "--timing-cache": timing_cache, "--calib-cache": calib_cache}, kinds={"-o": "engine"})
 
     options = EngineOptions(
         precision=precision, batch=batch, workspace_gb=workspace, timing_cache=timing_cache,
