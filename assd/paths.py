@@ -331,9 +331,10 @@ def check_outputs(inputs: Iterable[PathLike | None], files: Mapping[str, PathLik
             continue
         if stream_fd(path) is None:
             _check_writable(option, Path(path), is_folder=False)
-        check_output_policy(option, path, (kinds or {}).get(option))
         if stream_fd(path) is None:
             claim(option, Path(path))
+        check_output_policy(option, path, (kinds or {}).get(option))
+        if stream_fd(path) is None:
             _CHECKED.add(str(_resolved(path)))
     for option, (folder, names) in (folders or {}).items():
         if folder is None:
@@ -345,8 +346,8 @@ def check_outputs(inputs: Iterable[PathLike | None], files: Mapping[str, PathLik
                             "outputs with (or replace) the inputs: choose another folder")
         refuse_inside_input_folder(option, folder)
         for name in names:
-            check_output_policy(option, folder / name)
             claim(option, folder / name)
+            check_output_policy(option, folder / name)
             _CHECKED.add(str(_resolved(folder / name)))
 
 

@@ -15,6 +15,7 @@ ASSD's unscaled attention scores (~1e5 with random weights) lose too much in TF3
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,7 +159,8 @@ def build_engine(onnx_path: str, output: str, options: EngineOptions,
         outputs=metadata.outputs, version_compatible=options.version_compatible,
         hardware_compatibility=options.hardware_compat, tf32=options.tf32, assd_version=assd.__version__,
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        class_names=list(metadata.model_config.class_names), kept_high=read_kept_high(graph))
+        class_names=list(metadata.model_config.class_names), kept_high=read_kept_high(graph),
+        engine_sha256=hashlib.sha256(plan).hexdigest())
     atomic_write_json(sidecar_path(output), info.to_dict())
     echo(f"wrote {output} ({len(plan) / 1e6:.1f} MB, TensorRT {info.tensorrt_version}, {info.gpu_name} "
          f"sm_{capability[0]}{capability[1]}, {precision}, batch {batch.min}:{batch.opt}:{batch.max}) and "
