@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from assd.commands.outputs import force_option
+from assd.commands.outputs import force_option, refuse_unused_options
 from assd.errors import UserError
 
 
@@ -84,9 +84,14 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
 
         if artifacts or reports:
             raise UserError("--server measures a running server: give no ARTIFACTS or --report with it")
+        refuse_unused_options({"batches": "--batch", "iters": "--iters", "warmup": "--warmup", "device": "--device",
+                               "precision": "--precision", "use_compile": "--compile", "csv_out": "--csv"},
+                              "with --server (the server batches requests itself; use --concurrency)")
         run_server_bench(server, parse_concurrency(concurrency), num_requests, seconds, list(images) or None,
                          json_out=json_out, markdown_out=markdown_out, echo=click.echo)
         return
+    refuse_unused_options({"concurrency": "--concurrency", "num_requests": "--requests", "seconds": "--seconds",
+                           "images": "--images"}, "without --server")
     if reports:
         merge_reports(list(reports), markdown_out=markdown_out, csv_out=csv_out, echo=click.echo)
         return
@@ -121,6 +126,7 @@ def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch
 
     served = artifact.startswith(("http://", "grpc://"))  # a model served by 'assd serve'
     if served:
+        refuse_unused_options({"device": "--device"}, "with a server URL (the server chooses its device)")
         from assd.serving.accuracy import eval_engine_via_server as eval_engine
     check_outputs([*([] if served else artifact_files(artifact)), *artifact_files(reference),
                    *data_spec_inputs(data_spec)], files={"--json": json_out})

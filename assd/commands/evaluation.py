@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from assd.commands.outputs import force_option
+from assd.commands.outputs import force_option, refuse_unused_options
 from assd.errors import UserError
 
 
@@ -90,6 +90,9 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
 
     if (model_path is None) == (detections_path is None):
         raise UserError("assd eval: give either --model CHECKPOINT or --detections FILE.json (exactly one)")
+    if model_path is None or model_path.startswith(("http://", "grpc://")):
+        refuse_unused_options({"device": "--device"}, "with a server URL (the server chooses its device)"
+                              if model_path else "with --detections (no model runs)")
     check_outputs([*artifact_files(model_path), detections_path, *data_spec_inputs(data_spec)],
                   files={"--json": json_out})
     pp_cfg = _postprocess_from_options(None, score_threshold, nms_iou, top_k, max_detections)  # options checked

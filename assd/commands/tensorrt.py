@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from assd.commands.outputs import force_option
+from assd.commands.outputs import exclusive_flag, force_option
 
 CALIB_METHODS = ["entropy", "percentile", "max", "auto"]
 
@@ -84,10 +84,10 @@ def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method,
 @force_option
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .engine file.")
-@click.option("--fp32", "precision", flag_value="fp32", help="Build the fp32 graph as is.")
-@click.option("--fp16", "precision", flag_value="fp16", help="Convert an fp32 graph to fp16 first (default: "
+@exclusive_flag("precision", "fp32", "--fp32", help="Build the fp32 graph as is.")
+@exclusive_flag("precision", "fp16", "--fp16", help="Convert an fp32 graph to fp16 first (default: "
               "the ONNX file's own precision).")
-@click.option("--int8", "precision", flag_value="int8", help="Calibrate an fp32 graph to int8 Q/DQ first "
+@exclusive_flag("precision", "int8", "--int8", help="Calibrate an fp32 graph to int8 Q/DQ first "
               "(needs --calib-data).")
 @click.option("--batch", default=None, help="Optimization profile MIN:OPT:MAX (default 1:8:32, or the fixed batch).")
 @click.option("--workspace", type=float, default=None, help="Builder workspace limit in GB (default: TensorRT's).")
