@@ -31,7 +31,7 @@ from assd.train.options import RUN_SETTING_DEFAULTS, TrainOptions, TrainResult
 from assd.train.recipes import PAPER_RECIPES, default_recipe_name, get_recipe
 from assd.train.resume import plan_resume
 from assd.train.sampling import ResumableSampler, SeededSamples
-from assd.train.schedule import apply_recipe, build_optimizer, lr_at, set_lr
+from assd.train.schedule import apply_recipe, build_optimizer, check_optimizer_kind, lr_at, set_lr
 from assd.train.state import (
     BEST,
     LAST,
@@ -224,6 +224,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.recipe)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.settings["amp"] == "fp16")
         if state is not None:
+            check_optimizer_kind(state, self.optimizer, self.out / LAST)
             try:
                 self.optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError) as exc:
