@@ -26,6 +26,7 @@ from assd.train import distributed
 from assd.train.batchnorm import freeze_batchnorm, prepare_batchnorm
 from assd.train.inputs import data_fingerprint, open_dataset, with_augment
 from assd.train.loss import MultiBoxLoss
+from assd.train.memory import check_training_memory
 from assd.train.monitor import RunMonitor, note, progress_bar
 from assd.train.options import RUN_SETTING_DEFAULTS, TrainOptions, TrainResult
 from assd.train.recipes import PAPER_RECIPES, default_recipe_name, get_recipe
@@ -100,6 +101,8 @@ class Trainer:
                        "val_every": opts.val_every, "val_metric": self.val_metric, "workers": opts.workers,
                        "backbone_weights": record.get("backbone_weights") if state else opts.backbone_weights,
                        **self.settings}
+        check_training_memory(self.cfg, self.recipe.batch_size, self.recipe.optimizer, self.device,
+                              f"train {self.cfg.name}")  # before anything of the size of a batch is allocated
         self._build_model(state)
         self._build_loader()
         self._build_optimizer(state)
