@@ -399,6 +399,21 @@ def temp_file_beside(path: PathLike) -> tuple[int, str]:
     return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
 
 
+def temp_dir_beside(path: PathLike) -> Path:
+    """A new folder ``.NAME.<pid>-<random>.tmpdir`` beside ``path`` for a folder output built whole and
+    then renamed into place (``export --triton``), after removing stale ones of the same ``NAME`` (their
+    process is gone; the older pid-less ``.NAME.<random>`` folders after an hour) - so a ``kill -9``
+    mid-write leaves nothing behind for good."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:(\d+)-[A-Za-z0-9_]+\.tmpdir|[a-z0-9_]{{8}})$")
+    with contextlib.suppress(OSError):
+        for candidate in path.parent.iterdir():
+            match = pattern.match(candidate.name)
+            if match and candidate.is_dir() and not candidate.is_symlink() and _stale(match.group(1), candidate):
+                shutil.rmtree(candidate, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmpdir", dir=path.parent))
+
+
 @functools.lru_cache(maxsize=256)
 def _temp_names_at_start(folder: str) -> tuple[str, ...]:
     """The ``.*.tmp`` entries of ``folder`` when this process first wrote there: a command writing
