@@ -26,7 +26,9 @@ The output policy (docs/reliability.md, section 1) that ``check_outputs`` and th
 an existing output that is not a regular file (device, FIFO, socket, or a symlink to one) is never
 replaced: text reports are written *through* it (``-o /dev/stdout``, a FIFO), everything else is
 refused; an existing regular file whose kind (``file_kind``: by content) differs from the output's kind
-(``output_kind``: by option and suffix) is refused unless ``--force`` (``allow_kind_change``).
+(``output_kind``: by option and suffix) is refused unless ``--force`` (``allow_kind_change``). The
+writers (``assd.utils.output_target``) apply it again, and write symlinks through to their files.
+``temp_dir_beside(path)`` stages a folder output (stale ones of killed processes removed first).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -156,7 +157,7 @@ _SUFFIX_KINDS = {**dict.fromkeys((".json", ".jsonl", ".md", ".markdown", ".csv",
                  **dict.fromkeys((".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"), IMAGE)}
 _OPTION_KINDS = {"--json": TEXT, "--csv": TEXT, "--markdown": TEXT, "--calib-cache": TEXT,
                  "the engine sidecar": TEXT, "the precision graph": ONNX, "--timing-cache": BINARY}
-_REPLACEABLE = {TEXT: {TEXT}, ONNX: {ONNX}, TORCH: {TORCH}, ENGINE: {ENGINE, BINARY}, IMAGE: {IMAGE},
+REPLACEABLE_KINDS = {TEXT: {TEXT}, ONNX: {ONNX}, TORCH: {TORCH}, ENGINE: {ENGINE, BINARY}, IMAGE: {IMAGE},
                 BINARY: {BINARY}}  # output kind -> existing kinds it may replace (an empty file: any)
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 _ONNX_FIELD_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x52, 0x72}  # ModelProto fields after ir_version
@@ -169,6 +170,11 @@ def allow_kind_change(allowed: bool) -> None:
     """``--force``: let this process replace an existing output of another kind (set by the CLI)."""
     global _kind_change_allowed
     _kind_change_allowed = bool(allowed)
+
+
+def accepted_by_check(path: PathLike) -> bool:
+    """True when ``check_outputs`` accepted ``path`` as an output in this process (``--force`` decided)."""
+    return str(_resolved(path)) in _CHECKED
 
 
 def output_kind(path: PathLike, option: str | None = None) -> str | None:
@@ -260,39 +266,9 @@ def check_output_policy(option: str, path: PathLike, kind: str | None = None, fo
         existing = file_kind(path)
     except OSError:
         return  # unreadable: the write itself will say why
-    if existing != EMPTY and existing not in _REPLACEABLE[kind]:
+    if existing != EMPTY and existing not in REPLACEABLE_KINDS[kind]:
         raise UserError(f"{path} ({option}): exists and holds {_KIND_NAMES[existing]}, not {_KIND_NAMES[kind]}; "
                         "it is not replaced by another kind of file: choose another path, or pass --force to replace it")
-
-
-def write_through(path: PathLike, data: bytes) -> None:
-    """Write ``data`` into the special file ``path`` (a descriptor of ours, a character device, a FIFO)
-    without replacing it, as ``cat > path`` does."""
-    fd = stream_fd(path)
-    if fd is None:
-        with open(path, "wb") as handle:  # O_TRUNC does nothing to a device or FIFO
-            handle.write(data)
-        return
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def output_target(path: PathLike, kind: str) -> Path | None:
-    """Where an atomic write of ``kind`` data to ``path`` goes: the real file behind a symlink (the link
-    stays), or None when ``path`` is a special file a text output is written through (``write_through``).
-    The policy is applied again here, so a writer no ``check_outputs`` saw cannot damage either; outputs
-    ``check_outputs`` already accepted are not re-checked for kind (``--force`` was decided there)."""
-    if is_special(path):
-        check_output_policy("output", path, TEXT if kind == TEXT else BINARY, force=True)
-        return None
-    target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
-    if kind in _REPLACEABLE and str(_resolved(target)) not in _CHECKED:
-        check_output_policy("output", target, kind)
-    return target
 
 
 def check_outputs(inputs: Iterable[PathLike | None], files: Mapping[str, PathLike | None] | None = None,
