@@ -30,7 +30,7 @@ from assd.train.memory import check_training_memory
 from assd.train.monitor import RunMonitor, note, progress_bar
 from assd.train.options import RUN_SETTING_DEFAULTS, TrainOptions, TrainResult
 from assd.train.recipes import PAPER_RECIPES, default_recipe_name, get_recipe
-from assd.train.resume import plan_resume
+from assd.train.resume import epoch_partial, plan_resume, resumed_epoch_sums
 from assd.train.sampling import ResumableSampler, SeededSamples
 from assd.train.schedule import apply_recipe, build_optimizer, check_optimizer_kind, lr_at, set_lr
 from assd.train.state import (
@@ -109,6 +109,7 @@ class Trainer:
         self.epoch = state["epoch"] if state else 0
         self.step_in_epoch = state["step_in_epoch"] if state else 0
         self.global_step = state["global_step"] if state else 0
+        self.epoch_partial = state.get("epoch_partial") if state else None  # loss sums of the epoch's first steps
         self.best_map = state.get("best_map") if state else None
         self.best_epoch = state.get("best_epoch") if state else None
         self.saved = describe_run(state) if state else None  # what last.pt holds
@@ -321,7 +322,9 @@ class Trainer:
         self.net.train()
         if self.settings["freeze_bn"]:
             freeze_batchnorm(self.model)
-        sums, steps, started = torch.zeros(3, dtype=torch.float64), 0, time.perf_counter()
+        sums, before = resumed_epoch_sums(self.epoch_partial, self.epoch, self.step_in_epoch)
+        steps, started = 0, time.perf_counter()
+        self.epoch_sums, self.epoch_partial = sums, None  # _save stores the sums of a run stopped mid-epoch
         with progress_bar(self.epoch, self.recipe.epochs, self.steps_per_epoch, self.step_in_epoch,
                           self.verbose) as bar:
             for images, targets in self.loader:
@@ -340,9 +343,9 @@ class Trainer:
                 if self._step_limit_reached() and self.step_in_epoch < self.steps_per_epoch:
                     return None
         seconds = time.perf_counter() - started
-        mean = (sums / max(steps, 1)).tolist()
+        mean = (sums / max(before + steps, 1)).tolist()  # every step of the epoch, before a resume too
         return {"epoch": self.epoch + 1, "global_step": self.global_step, "loss": mean[0], "loc_loss": mean[1],
-                "conf_loss": mean[2], "lr": lr, "steps": steps, "seconds": round(seconds, 3),
+                "conf_loss": mean[2], "lr": lr, "steps": before + steps, "seconds": round(seconds, 3),
                 "img_per_s": round(steps * batch * self.ctx.world_size / seconds, 3)}
 
     def _train_step(self, images: torch.Tensor, targets: list[dict], lr: float) -> tuple[float, float, float]:
@@ -395,7 +398,7 @@ class Trainer:
                 epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
                 global_batch=self.recipe.batch_size * self.ctx.world_size, recipe=self.recipe.to_dict(),
                 options=self.record, best_map=self.best_map, best_epoch=self.best_epoch, rng=rng_states(),
-                finished=finished)
+                finished=finished, epoch_partial=epoch_partial(self))
         except UserError as exc:
             kept = (f"{self.out / LAST} still holds {self.saved}: --resume continues from there"
                     if self.saved else "no checkpoint of this run was written yet")
