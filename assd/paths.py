@@ -323,7 +323,7 @@ def check_outputs(inputs: Iterable[PathLike | None], files: Mapping[str, PathLik
         refuse_inside_input_folder(option, folder)
         for name in names:
             claim(option, folder / name)
-            check_output_policy(option, folder / name)
+            check_output_policy(option, folder / name, force=True)  # the command owns its folder's files
             _CHECKED.add(str(_resolved(folder / name)))
 
 

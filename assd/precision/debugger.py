@@ -11,6 +11,7 @@ Everything runs with ONNX Runtime on the CPU, so the answer exists before any GP
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from assd.calibration.paths import check_graph_outputs, private_workdir
 from assd.calibration.recipe import KeptLayer, Recipe
+from assd.calibration.run_set import mark_graph, new_run_id
 from assd.errors import CheckFailed, UserError
 from assd.precision.evaluator import VariantResult, available_threads
 from assd.precision.report import REPORT_FILES
@@ -180,11 +182,12 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
     result = search(setup.evaluator, sensitivities, tolerance, echo)
     kept, final = kept_layers(setup, result, sensitivities, tolerance, echo)
     seconds["search"] = time.perf_counter() - mark
-    atomic_write_bytes(options.output, check_and_serialize(setup.graph([s.layer for s in kept])))
+    graph = check_and_serialize(mark_graph(setup.graph([s.layer for s in kept]), run_id := new_run_id()))
     seconds["total"] = time.perf_counter() - started
     debug = DebugResult(setup, all_low, sensitivities, result, kept, final, tolerance, seconds)
-    recipe = make_recipe(setup, all_low, kept, result, final, tolerance)
-    debug.files = write_report(options.report_folder(), debug, recipe, options)
+    recipe = dataclasses.replace(make_recipe(setup, all_low, kept, result, final, tolerance), run_id=run_id)
+    debug.files = write_report(options.report_folder(), debug, recipe, options)  # the report first, the graph last:
+    atomic_write_bytes(options.output, graph)  # a graph always has its report (assd.calibration.run_set)
     debug.files["graph"] = str(options.output)
     return debug
 
