@@ -158,7 +158,7 @@ _SUFFIX_KINDS = {**dict.fromkeys((".json", ".jsonl", ".md", ".markdown", ".csv",
 _OPTION_KINDS = {"--json": TEXT, "--csv": TEXT, "--markdown": TEXT, "--calib-cache": TEXT,
                  "the engine sidecar": TEXT, "the precision graph": ONNX, "--timing-cache": BINARY}
 REPLACEABLE_KINDS = {TEXT: {TEXT}, ONNX: {ONNX}, TORCH: {TORCH}, ENGINE: {ENGINE, BINARY}, IMAGE: {IMAGE},
-                BINARY: {BINARY}}  # output kind -> existing kinds it may replace (an empty file: any)
+                     BINARY: {BINARY, ENGINE}}  # output kind -> existing kinds it may replace (an empty file: any)
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 _ONNX_FIELD_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x52, 0x72}  # ModelProto fields after ir_version
 _FD_LINK = re.compile(r"^/(?:proc/(?:self|\d+)|dev)/fd/(\d+)$")

@@ -606,3 +606,22 @@ def test_stale_triton_staging_folders_are_removed_and_live_ones_kept(tmp_path):
     assert made.name.startswith(f".repo.{os.getpid()}-") and made.is_dir()
     assert not stale.exists() and not legacy_old.exists()
     assert live.exists() and legacy_new.exists() and other.exists()
+
+
+def test_a_recipe_beside_the_report_of_another_run_is_refused(tmp_path):
+    """debug-precision killed between its report files leaves a folder mixing two runs: the recipe names
+    its run, table.json embeds the recipe of its own; a mismatched pair is one line."""
+    from assd.calibration.recipe import KeptLayer, Recipe, load_recipe
+    from assd.calibration.run_set import graph_run_id, mark_graph
+    from assd.errors import UserError
+
+    recipe = Recipe("int8", [KeptLayer("backbone.conv1", "node_Conv_1")], model="assd-mini", run_id="aaaaaaaaaaaa")
+    recipe.save(tmp_path / "recipe.json")
+    (tmp_path / "table.json").write_text(json.dumps({"recipe": {**recipe.to_dict(), "run_id": "aaaaaaaaaaaa"}}))
+    assert load_recipe(tmp_path / "recipe.json").run_id == "aaaaaaaaaaaa"
+    (tmp_path / "table.json").write_text(json.dumps({"recipe": {**recipe.to_dict(), "run_id": "bbbbbbbbbbbb"}}))
+    with pytest.raises(UserError, match="is of another debug-precision run") as error:
+        load_recipe(tmp_path / "recipe.json")
+    assert "\n" not in str(error.value)
+    graph = helper.make_model(helper.make_graph([], "g", [], []))
+    assert graph_run_id(mark_graph(mark_graph(graph, "x"), "bbbbbbbbbbbb")) == "bbbbbbbbbbbb"

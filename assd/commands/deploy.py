@@ -126,7 +126,6 @@ def eval_engine_command(artifact, data_spec, reference, metric, tolerance, batch
 
     served = artifact.startswith(("http://", "grpc://"))  # a model served by 'assd serve'
     if served:
-        refuse_unused_options({"device": "--device"}, "with a server URL (the server chooses its device)")
         from assd.serving.accuracy import eval_engine_via_server as eval_engine
     check_outputs([*([] if served else artifact_files(artifact)), *artifact_files(reference),
                    *data_spec_inputs(data_spec)], files={"--json": json_out})
