@@ -254,12 +254,14 @@ def check_output_policy(option: str, path: PathLike, kind: str | None = None, fo
         mode = os.stat(path).st_mode
     except OSError:
         mode = None
-    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode) or stream_fd(path) is not None:
-        special = _special_kind(mode) if mode is not None else "a file descriptor"
-        if kind == TEXT and (stream_fd(path) is not None or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+    fd = stream_fd(path)
+    if fd is not None or mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        if kind == TEXT and (fd is not None or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
             return  # written through (write_through): what '-o /dev/stdout' or a FIFO means
-        raise UserError(f"{path} ({option}): is {special}, not a regular file; assd never replaces devices, FIFOs or "
-                        "sockets (only text reports are written through them): choose a regular file path")
+        special = f"file descriptor {fd} of this process" if fd is not None else _special_kind(mode)
+        raise UserError(f"{path} ({option}): is {special}, not a regular file; assd never replaces devices, FIFOs, "
+                        "sockets or descriptors (only text reports are written through them): choose a regular file "
+                        "path")
     if mode is None or not stat.S_ISREG(mode) or kind is None or force:
         return
     try:
