@@ -111,6 +111,7 @@ def art(tmp_path_factory) -> Path:
     (folder / "notadir.txt").write_text("a file, not a folder\n")
     (folder / "report.json").write_text(json.dumps({"format": "assd-bench", "rows": []}))
     (folder / "served.onnx").write_bytes((folder / "mini.onnx").read_bytes())  # what a server would serve
+    (folder / "picture.onnx").write_bytes((folder / "photos" / "p1.jpg").read_bytes())  # the kind is its content
     trained = run_case(cli_command(["train", "--model", "assd-mini", "--data", "synthetic:4", "--out", str(folder / "run"),
                                     "--optimizer", "adamw", "--epochs", "1", "--max-steps", "1", "--batch-size", "2"]),
                        folder)  # an AdamW run to resume (one step)
@@ -339,7 +340,8 @@ CASES = [
     ("eval-url-json-onto-checkpoint", "eval --model http://127.0.0.1:9/assd --data synthetic:2 --json {art}/mini.pt",
      "holds a PyTorch checkpoint"),
     ("bench-markdown-onto-an-image", "bench {art}/mini.onnx --markdown {art}/photos/p1.jpg", "holds an image"),
-    ("export-onto-an-image", "export --onnx {art}/mini.pt -o {art}/photos/p1.jpg --no-parity", "holds an image"),
+    ("export-onto-an-image-named-onnx", "export --onnx {art}/mini.pt -o {art}/picture.onnx --no-parity",
+     "holds an image"),
     # Output sets (item 2): an engine beside the sidecar of another build
     ("bench-engine-of-another-build", "bench {art}/eng/other_build.engine", "not the one its sidecar describes"),
     # Damaged files (item 3)
