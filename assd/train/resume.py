@@ -123,3 +123,16 @@ def resumed_epoch_sums(partial: dict | None, epoch: int, step_in_epoch: int):
     except (KeyError, TypeError, ValueError, RuntimeError):
         pass
     return torch.zeros(3, dtype=torch.float64), 0
+
+
+def check_optimizer_switch(state: dict, optimizer: str, where) -> None:
+    """UserError (one line) when ``--allow-changes --optimizer`` names another optimizer than the run's:
+    its state (momentum buffers, Adam moments) cannot continue in another optimizer."""
+    from assd.errors import UserError
+
+    saved = (state.get("recipe") or {}).get("optimizer") if isinstance(state.get("recipe"), dict) else None
+    if saved in ("sgd", "adamw") and saved != optimizer:
+        names = {"sgd": "SGD", "adamw": "AdamW"}
+        raise UserError(f"{where}: the run was trained with {names[saved]}; its optimizer state cannot continue with "
+                        f"{names.get(optimizer, optimizer)} (--optimizer): resume with the run's optimizer, or start a "
+                        "new run in another --out")

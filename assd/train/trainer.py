@@ -30,7 +30,7 @@ from assd.train.memory import check_training_memory
 from assd.train.monitor import RunMonitor, note, progress_bar
 from assd.train.options import RUN_SETTING_DEFAULTS, TrainOptions, TrainResult
 from assd.train.recipes import PAPER_RECIPES, default_recipe_name, get_recipe
-from assd.train.resume import epoch_partial, plan_resume, resumed_epoch_sums
+from assd.train.resume import check_optimizer_switch, epoch_partial, plan_resume, resumed_epoch_sums
 from assd.train.sampling import ResumableSampler, SeededSamples
 from assd.train.schedule import apply_recipe, build_optimizer, check_optimizer_kind, lr_at, set_lr
 from assd.train.state import (
@@ -101,8 +101,6 @@ class Trainer:
                        "val_every": opts.val_every, "val_metric": self.val_metric, "workers": opts.workers,
                        "backbone_weights": record.get("backbone_weights") if state else opts.backbone_weights,
                        **self.settings}
-        check_training_memory(self.cfg, self.recipe.batch_size, self.recipe.optimizer, self.device,
-                              f"train {self.cfg.name}")  # before anything of the size of a batch is allocated
         self._build_model(state)
         self._build_loader()
         self._build_optimizer(state)
@@ -163,6 +161,8 @@ class Trainer:
         if state is not None:
             plan = plan_resume(self.opts, state, fingerprint, self.out / LAST)
             self.recipe, self.settings, self.changes = plan.recipe, plan.settings, plan.changes
+            check_optimizer_switch(state, self.recipe.optimizer, self.out / LAST)  # before any note: one line
+            self._check_memory()
             allowed = [change for change in self.changes if change not in plan.adjusted]
             if allowed:
                 note(f"note: continuing with changed options (--allow-changes): {'; '.join(allowed)}", self.verbose)
@@ -174,8 +174,14 @@ class Trainer:
             given = self.opts.run_settings()
             self.settings = {key: default if given[key] is None else given[key]
                              for key, default in RUN_SETTING_DEFAULTS.items()}
+            self._check_memory()
         note(self.recipe.describe(self.ctx.world_size) + f"; seed {self.settings['seed']}, augment "
              f"{self.settings['augment']}", self.verbose)
+
+    def _check_memory(self) -> None:
+        """Refuse a batch that cannot fit before anything of its size is allocated (assd/train/memory.py)."""
+        check_training_memory(self.cfg, self.recipe.batch_size, self.recipe.optimizer, self.device,
+                              f"train {self.cfg.name}")
 
     def _schedule_line(self, state: dict | None) -> dict:
         """The metrics file's record of this call's effective schedule and settings."""
