@@ -3,6 +3,8 @@
 The output policy (``assd.paths``, docs/reliability.md) refuses to replace an existing file whose kind
 (by content: ONNX, checkpoint, engine, image, text) differs from what the command writes; ``--force``
 lifts that refusal for this run. Devices, FIFOs and sockets are never replaced, with or without it.
+Also the option checks the commands share: ``refuse_unused_options`` (an option given where it has no
+effect is one line, not silently ignored) and ``exclusive_flag`` (``--fp16 --int8`` contradict).
 """
 
 from __future__ import annotations
