@@ -18,6 +18,8 @@ import json
 import os
 import resource
 import shlex
+import shutil
+import stat
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +110,79 @@ def art(tmp_path_factory) -> Path:
     write_bad_checkpoint(folder / "size_huge.pt", input_size=100000)
     (folder / "notadir.txt").write_text("a file, not a folder\n")
     (folder / "report.json").write_text(json.dumps({"format": "assd-bench", "rows": []}))
+    (folder / "served.onnx").write_bytes((folder / "mini.onnx").read_bytes())  # what a server would serve
+    (folder / "picture.onnx").write_bytes((folder / "photos" / "p1.jpg").read_bytes())  # the kind is its content
+    trained = run_case(cli_command(["train", "--model", "assd-mini", "--data", "synthetic:4", "--out", str(folder / "run"),
+                                    "--optimizer", "adamw", "--epochs", "1", "--max-steps", "1", "--batch-size", "2"]),
+                       folder)  # an AdamW run to resume (one step)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    shutil.rmtree(folder / "tmp")
+    write_damaged_state_dicts(folder)
+    write_engines(folder / "eng")
+    write_calibration_caches(folder / "cal", folder / "mini.onnx", folder / "photos")
+    (folder / "coco" / "crowd.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 120, "height": 90}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900,
+                         "iscrowd": "yes"}],
+        "categories": [{"id": index + 1, "name": name} for index, name in enumerate(SYNTHETIC_CLASSES)]}))
     return folder
+
+
+def write_damaged_state_dicts(folder: Path) -> None:
+    """torchvision-style state_dicts damaged in two ways: a non-string key, NaN weights."""
+    torch.save({"backbone.features.0.weight": torch.zeros(2), 7: torch.zeros(2)}, folder / "int_key.pth")
+    torch.save({"backbone.features.0.weight": torch.tensor([1.0, float("nan")]),
+                "backbone.features.0.bias": torch.zeros(2)}, folder / "nan_weights.pth")
+
+
+def engine_sidecar(plan: bytes, **changes) -> dict:
+    """A complete, valid sidecar of the tiny model for the engine bytes ``plan``, with ``changes``."""
+    import hashlib
+
+    from assd.runtime.engine_info import EngineInfo
+
+    cfg = tiny_config()
+    info = EngineInfo(tensorrt_version="10.16.1.11", gpu_name="NVIDIA H100", compute_capability="9.0",
+                      precision="fp16", input_shape=[3, TINY_SIZE, TINY_SIZE], batch_min=1, batch_opt=8, batch_max=32,
+                      onnx_sha256="0" * 64, onnx_file="mini.onnx", model_config=json.loads(cfg.to_json()),
+                      postprocess=PostprocessConfig().to_dict(), class_names=list(cfg.class_names),
+                      engine_sha256=hashlib.sha256(plan).hexdigest())
+    return {**info.to_dict(), **changes}
+
+
+def write_engines(folder: Path) -> None:
+    """Engines whose sidecar is damaged, of another build, or whose file is empty (item 3)."""
+    folder.mkdir()
+    plan = b"ftrt a serialized plan"
+    sidecars = {"list": [1, 2], "batch_text": engine_sidecar(plan, batch_max="32"),
+                "thresholds_text": engine_sidecar(plan, postprocess={"score_threshold": "0.5", "nms_iou": 0.45}),
+                "batch_huge": engine_sidecar(plan, batch_max=10**9),
+                "other_build": engine_sidecar(b"the plan of another build"), "empty": engine_sidecar(b"")}
+    for name, sidecar in sidecars.items():
+        (folder / f"{name}.engine").write_bytes(b"" if name == "empty" else plan)
+        (folder / f"{name}.engine.json").write_text(json.dumps(sidecar))
+
+
+def write_calibration_caches(folder: Path, onnx_path: Path, photos: Path) -> None:
+    """Caches that match ``onnx_path`` and calibrate's default settings, with damaged ranges (item 3)."""
+    import onnx
+
+    from assd.calibration.cache import save_cache, sha256_file
+    from assd.calibration.cache_checks import quantized_inputs
+    from assd.calibration.quantize import calibration_settings, excluded_node_names
+
+    folder.mkdir()
+    graph = onnx.load(str(onnx_path)).graph
+    needed = quantized_inputs(graph, excluded_node_names(graph))
+    settings = calibration_settings(500, str(photos), 99.999)
+    damage = {"zero": lambda r: r.update(dict.fromkeys(r, (0.0, 0.0))),
+              "nan": lambda r: r.update({needed[1]: (float("nan"), 1.0)}),
+              "missing": lambda r: r.pop(needed[2]),
+              "huge": lambda r: r.update(dict.fromkeys(r, (-1e30, 1e30)))}
+    for name, change in damage.items():
+        ranges = {method: dict.fromkeys(needed, (-4.0, 4.0)) for method in ("entropy", "percentile", "max")}
+        change(ranges["entropy"])
+        save_cache(folder / f"{name}.json", ranges, sha256_file(onnx_path), settings, 2)
 
 
 _HASHES: dict[tuple, str] = {}  # (path, inode, size, mtime_ns, ctime_ns) -> sha256: a file is re-read when any moves
@@ -130,10 +204,13 @@ def snapshot(*roots: Path) -> dict[str, str]:
         for path in sorted(root.rglob("*")):
             if path.name == ".ses" and path.parent.name == "tmp":
                 continue
-            if path.is_symlink():
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
                 state[str(path)] = f"link to {os.readlink(path)}"
-            else:
-                state[str(path)] = "dir" if path.is_dir() else _file_hash(path)
+            elif stat.S_ISDIR(mode):
+                state[str(path)] = "dir"
+            else:  # a FIFO is recorded as one, never read (reading it would wait for a writer)
+                state[str(path)] = _file_hash(path) if stat.S_ISREG(mode) else f"special {stat.S_IFMT(mode):o}"
     return state
 
 
@@ -254,6 +331,57 @@ CASES = [
      "not a readable torch state_dict"),
     ("debug-precision-onto-its-input", ("debug-precision {art}/mini.onnx --data synthetic:2 --reference {art}/mini.pt "
      "-o {art}/mini.onnx"), "is the input ONNX"),
+    # The output policy (issue 25, item 1): special files are never replaced, other kinds need --force
+    ("convert-onto-symlink-to-dev-null", "convert {art}/garbage.onnx -o {out}/null.pt --from torchvision-ssd300",
+     "is a character device, not a regular file"),
+    ("export-onto-a-fifo", "export --onnx {art}/mini.pt -o {out}/fifo.onnx --no-parity", "is a FIFO"),
+    ("bench-server-json-onto-served-onnx", "bench --server http://127.0.0.1:9/assd --json {art}/served.onnx",
+     "holds an ONNX model, not a text file"),
+    ("eval-url-json-onto-checkpoint", "eval --model http://127.0.0.1:9/assd --data synthetic:2 --json {art}/mini.pt",
+     "holds a PyTorch checkpoint"),
+    ("bench-markdown-onto-an-image", "bench {art}/mini.onnx --markdown {art}/photos/p1.jpg", "holds an image"),
+    ("export-onto-an-image-named-onnx", "export --onnx {art}/mini.pt -o {art}/picture.onnx --no-parity",
+     "holds an image"),
+    # Output sets (item 2): an engine beside the sidecar of another build
+    ("bench-engine-of-another-build", "bench {art}/eng/other_build.engine", "not the one its sidecar describes"),
+    # Damaged files (item 3)
+    ("bench-sidecar-is-a-list", "bench {art}/eng/list.engine", "not an assd engine sidecar"),
+    ("bench-sidecar-batch-text", "bench {art}/eng/batch_text.engine", "batch_min/opt/max [1, 8, '32']"),
+    ("eval-engine-sidecar-thresholds-text", "eval-engine {art}/eng/thresholds_text.engine --data synthetic:2",
+     "thresholds must be finite numbers"),
+    ("bench-sidecar-batch-huge", "bench {art}/eng/batch_huge.engine", "must be whole numbers in 1..65536"),
+    ("bench-empty-engine", "bench {art}/eng/empty.engine", "the engine is an empty file (0 bytes)"),
+    ("calibrate-cache-ranges-zero", ("calibrate {art}/mini.onnx -o {out}/m.int8.onnx --calib-data {art}/photos "
+     "--calib-method entropy --calib-cache {art}/cal/zero.json"), "(lowest must be below highest)"),
+    ("calibrate-cache-ranges-nan", ("calibrate {art}/mini.onnx -o {out}/m.int8.onnx --calib-data {art}/photos "
+     "--calib-method entropy --calib-cache {art}/cal/nan.json"), "which is not finite"),
+    ("calibrate-cache-tensor-missing", ("calibrate {art}/mini.onnx -o {out}/m.int8.onnx --calib-data {art}/photos "
+     "--calib-method entropy --calib-cache {art}/cal/missing.json"), "no entropy range for 1 quantized tensor"),
+    ("calibrate-cache-ranges-huge", ("calibrate {art}/mini.onnx -o {out}/m.int8.onnx --calib-data {art}/photos "
+     "--calib-method entropy --calib-cache {art}/cal/huge.json"), "beyond any activation"),
+    ("convert-non-string-keys", "convert {art}/int_key.pth -o {out}/c.pt --from torchvision-ssd300",
+     "key(s) are not tensor names (7, a int)"),
+    ("convert-nan-weights", "convert {art}/nan_weights.pth -o {out}/c.pt --from torchvision-ssd300",
+     "(backbone.features.0.weight) tensor(s) hold NaN or infinite values"),
+    ("build-engine-workspace-nan", "build-engine {art}/mini.onnx -o {out}/m.engine --workspace nan",
+     "--workspace nan: must be a positive number"),
+    ("build-engine-workspace-inf", "build-engine {art}/mini.onnx -o {out}/m.engine --workspace inf",
+     "--workspace inf: must be a positive number"),
+    ("train-resume-switching-optimizer", ("train --data synthetic:4 --out {art}/run --resume --allow-changes "
+     "--optimizer sgd"), "trained with AdamW; its optimizer state cannot continue with SGD"),
+    ("eval-coco-iscrowd-yes", "eval --model {art}/mini.pt --data coco:{art}/coco/images:{art}/coco/crowd.json",
+     "has iscrowd 'yes'"),
+    ("train-assd513-batch-256", "train --model assd513 --data synthetic:4 --batch-size 256 --out {out}/run",
+     "GB is"),
+    # Contradicting or ignored options (item 4)
+    ("build-engine-fp16-and-int8", "build-engine {art}/mini.onnx -o {out}/m.engine --fp16 --int8",
+     "--fp16 and --int8 contradict each other"),
+    ("bench-server-with-batch", "bench --server http://127.0.0.1:9/assd --batch 8", "--batch: has no effect with --server"),
+    ("bench-images-without-server", "bench {art}/mini.onnx --images {art}/photos", "--images: has no effect without"),
+    ("eval-url-with-device", "eval --model http://127.0.0.1:9/assd --data synthetic:2 --device cuda",
+     "--device: has no effect with a server URL"),
+    ("build-engine-batch-1e8", "build-engine {art}/mini.onnx -o {out}/m.engine --batch 1:1:100000000",
+     "MAX <= 65536"),
 ]
 
 
@@ -266,6 +394,10 @@ def _run_hostile_case(art: Path, folder: Path, args: str):
         (folder / "loop.json").symlink_to(folder / "loop.json")
     if "attention_grid.png" in args:
         write_photo(folder / "attention_grid.png", 3)
+    if "{out}/null." in args:  # a symlink to the character device, inside the case's folder
+        (folder / f"null{args.split('{out}/null', 1)[1].split()[0]}").symlink_to(os.devnull)
+    if "{out}/fifo." in args:
+        os.mkfifo(folder / f"fifo{args.split('{out}/fifo', 1)[1].split()[0]}")
     before = snapshot(art, folder)
     result = run_case(cli_command(shlex.split(args.format(art=art, out=folder))), folder)
     return before, snapshot(art, folder), result
@@ -402,3 +534,96 @@ def test_consistent_fake_graph_passes_the_metadata_check(tmp_path):
 
     fake_assd_onnx(tmp_path / "ok.onnx", tiny_config(), batch="2")
     assert read_metadata(tmp_path / "ok.onnx").fixed_batch == 2
+
+
+# ---------------------------------------------------------------- the output policy's positive side (issue 25)
+
+def test_text_report_is_written_through_a_symlink_to_the_null_device(art, tmp_path):
+    """``--json null.json`` (a symlink to /dev/null inside the test's folder) writes through the link:
+    the link and the device stay as they are (the atomic writer used to replace the device with a file)."""
+    link = tmp_path / "null.json"
+    link.symlink_to(os.devnull)
+    result = run_case(cli_command(["eval", "--model", str(art / "mini.pt"), "--data", "synthetic:2", "--json",
+                                   str(link)]), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and os.readlink(link) == os.devnull
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)  # read only: the real device is never written by a test
+
+
+def test_text_report_is_written_through_a_fifo_to_its_reader(art, tmp_path):
+    fifo = tmp_path / "report.json"
+    os.mkfifo(fifo)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        received = pool.submit(lambda: fifo.read_bytes())  # blocks until the command opens the FIFO
+        result = run_case(cli_command(["eval", "--model", str(art / "mini.pt"), "--data", "synthetic:2", "--json",
+                                       str(fifo)]), tmp_path)
+        if result.returncode != 0:  # unblock the reader before failing
+            with open(fifo, "wb"):
+                pass
+        assert result.returncode == 0, result.stderr
+        assert json.loads(received.result(timeout=60))["metric"] == "voc07"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_force_replaces_an_output_of_another_kind_and_symlinks_are_written_through(art, tmp_path):
+    onnx_copy = tmp_path / "old.onnx"
+    onnx_copy.write_bytes((art / "mini.onnx").read_bytes())
+    args = ["eval", "--model", str(art / "mini.pt"), "--data", "synthetic:2", "--json", str(onnx_copy)]
+    assert run_case(cli_command(args), tmp_path).returncode == 2
+    result = run_case(cli_command([*args, "--force"]), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(onnx_copy.read_text())["metric"] == "voc07"
+    target, link = tmp_path / "real.json", tmp_path / "link.json"
+    target.write_text("{}")
+    link.symlink_to(target.name)
+    assert run_case(cli_command([*args[:-1], str(link)]), tmp_path).returncode == 0
+    assert link.is_symlink() and json.loads(target.read_text())["metric"] == "voc07"
+
+
+@pytest.mark.parametrize("head, kind", [
+    (b"\x89PNG\r\n\x1a\n....", "image"), (b"\xff\xd8\xff\xe0", "image"), (b"PK\x03\x04archive/data.pkl", "torch"),
+    (b"\x80\x02}q\x00", "torch"), (b"\x08\x08\x12\x07pytorch", "onnx"), (b'{"a": 1}\n', "text"),
+    (b"| a | b |\n", "text"), (b"\x00\x01\x02\xff\xfe", "binary"), (b"", "empty")])
+def test_file_kinds_are_recognised_by_content(head, kind):
+    from assd.paths import data_kind
+
+    assert data_kind(head) == kind
+
+
+def test_stale_triton_staging_folders_are_removed_and_live_ones_kept(tmp_path):
+    """``export --triton REPO`` killed mid-write left ``.REPO.<random>/`` for good; the next run's
+    ``temp_dir_beside`` removes ours of dead processes (pid in the name; pid-less ones after an hour)."""
+    from assd.paths import LEGACY_TEMP_AGE_S, temp_dir_beside
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    stale = tmp_path / f".repo.{dead}-abc123.tmpdir"
+    live = tmp_path / f".repo.{os.getpid()}-def456.tmpdir"
+    legacy_old, legacy_new, other = tmp_path / ".repo.k3j4h5g6", tmp_path / ".repo.a1b2c3d4", tmp_path / ".other.x1y2z3w4"
+    for folder in (stale, live, legacy_old, legacy_new, other):
+        (folder / "assd_network" / "1").mkdir(parents=True)
+    old = os.stat(legacy_old).st_mtime - LEGACY_TEMP_AGE_S - 60
+    os.utime(legacy_old, (old, old))
+    made = temp_dir_beside(tmp_path / "repo")
+    assert made.name.startswith(f".repo.{os.getpid()}-") and made.is_dir()
+    assert not stale.exists() and not legacy_old.exists()
+    assert live.exists() and legacy_new.exists() and other.exists()
+
+
+def test_a_recipe_beside_the_report_of_another_run_is_refused(tmp_path):
+    """debug-precision killed between its report files leaves a folder mixing two runs: the recipe names
+    its run, table.json embeds the recipe of its own; a mismatched pair is one line."""
+    from assd.calibration.recipe import KeptLayer, Recipe, load_recipe
+    from assd.calibration.run_set import graph_run_id, mark_graph
+    from assd.errors import UserError
+
+    recipe = Recipe("int8", [KeptLayer("backbone.conv1", "node_Conv_1")], model="assd-mini", run_id="aaaaaaaaaaaa")
+    recipe.save(tmp_path / "recipe.json")
+    (tmp_path / "table.json").write_text(json.dumps({"recipe": {**recipe.to_dict(), "run_id": "aaaaaaaaaaaa"}}))
+    assert load_recipe(tmp_path / "recipe.json").run_id == "aaaaaaaaaaaa"
+    (tmp_path / "table.json").write_text(json.dumps({"recipe": {**recipe.to_dict(), "run_id": "bbbbbbbbbbbb"}}))
+    with pytest.raises(UserError, match="is of another debug-precision run") as error:
+        load_recipe(tmp_path / "recipe.json")
+    assert "\n" not in str(error.value)
+    graph = helper.make_model(helper.make_graph([], "g", [], []))
+    assert graph_run_id(mark_graph(mark_graph(graph, "x"), "bbbbbbbbbbbb")) == "bbbbbbbbbbbb"

@@ -210,6 +210,9 @@ def test_sidecar_round_trip_and_damage(tmp_path):
     sidecar_path(bare).write_text(json.dumps({**_info().to_dict(), "batch_max": None, "unknown_key": 1}))
     with pytest.raises(UserError, match="damaged engine sidecar"):
         read_engine_info(bare)
+    sidecar_path(bare).write_text(json.dumps({**_info().to_dict(), "fp16_range_kept": ["conv1"]}))
+    with pytest.raises(UserError, match="fp16_range_kept"):
+        read_engine_info(bare)
 
 
 def test_compatibility_rules():

@@ -188,3 +188,19 @@ def test_a_cut_or_edited_last_checkpoint_is_refused_in_one_line(tmp_path, edit, 
     torch.save(state, out / "last.pt")
     with pytest.raises(UserError, match=rf"run: its last.pt is unusable \({reason}.*--force .* or another --out"):
         train(options(out, model=None, data=synthetic(4), resume=True))
+
+
+def test_mid_epoch_resume_logs_the_epoch_means_of_an_uninterrupted_run(tmp_path):
+    """The checkpoint of a run stopped inside an epoch keeps the loss sums of the epoch's first steps
+    (``epoch_partial``): the resumed epoch's mean covers all its steps (it averaged only the steps after
+    the resume, 22.218 vs 22.836 in the issue) and metrics.jsonl equals the uninterrupted run's."""
+    reference = tmp_path / "reference"
+    train(options(reference, epochs=2, data=synthetic(8)))  # 4 steps per epoch
+    out = tmp_path / "run"
+    train(options(out, epochs=2, data=synthetic(8), max_steps=2))  # stops after step 2 of epoch 1
+    assert torch.load(out / "last.pt", weights_only=True)["epoch_partial"]["steps"] == 2
+    train(options(out, model=None, data=synthetic(8), resume=True, epochs=None))
+    fields = ("epoch", "global_step", "loss", "loc_loss", "conf_loss", "lr", "steps")
+    resumed, uninterrupted = ([{key: line[key] for key in fields} for line in metrics_lines(folder)
+                               if line["type"] == "epoch"] for folder in (out, reference))
+    assert resumed == uninterrupted and [line["steps"] for line in resumed] == [4, 4]

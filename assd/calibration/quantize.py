@@ -41,6 +41,7 @@ from assd.calibration.cache import (
     save_cache,
     sha256_file,
 )
+from assd.calibration.cache_checks import check_cached_ranges, quantized_inputs
 from assd.calibration.entropy import entropy_ranges
 from assd.calibration.images import ImageCalibrationReader, calibration_images
 from assd.calibration.paths import check_graph_outputs, private_workdir
@@ -194,6 +195,9 @@ def calibrated_ranges(model_path: Path, onnx_sha256: str, metadata: OnnxMetadata
     measured (every method when the cache is written, else only ``methods``)."""
     if cache_path:
         lookup = load_cache(cache_path, onnx_sha256, settings, methods)
+        if lookup.ranges is not None:  # ours and matching: its ranges are still checked (cache_checks)
+            graph = onnx.load(str(model_path), load_external_data=False).graph
+            check_cached_ranges(cache_path, lookup.ranges, quantized_inputs(graph, excluded_node_names(graph)))
         echo(lookup.reason)
         if lookup.ranges is not None:
             return lookup.ranges, lookup.images_used, True

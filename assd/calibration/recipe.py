@@ -20,6 +20,7 @@ from pathlib import Path
 
 import onnx
 
+from assd.calibration.run_set import check_recipe_set
 from assd.errors import UserError
 from assd.utils import atomic_write_json
 
@@ -44,6 +45,7 @@ class Recipe:
     tolerance_points: float | None = None
     delta_map_points: dict = field(default_factory=dict)  # {"low": ..., "final": ...}
     calibration: dict | None = None
+    run_id: str = ""  # of the debug-precision run that wrote it (assd.calibration.run_set)
 
     @property
     def layer_names(self) -> list[str]:
@@ -82,12 +84,15 @@ def load_recipe(path: str | Path) -> Recipe:
                         f"(expects {RECIPE_VERSION}): run 'assd debug-precision' again")
     try:
         kept = [_kept_layer(item) for item in content["kept_high"]]
-        return Recipe(precision=content["precision"], kept_high=kept, model=content.get("model", ""),
-                      tolerance_points=content.get("tolerance_points"),
-                      delta_map_points=content.get("delta_map_points") or {}, calibration=content.get("calibration"))
+        recipe = Recipe(precision=content["precision"], kept_high=kept, model=content.get("model", ""),
+                        tolerance_points=content.get("tolerance_points"),
+                        delta_map_points=content.get("delta_map_points") or {}, calibration=content.get("calibration"),
+                        run_id=str(content.get("run_id") or ""))
     except (KeyError, TypeError) as exc:
         raise UserError(f"--keep-high {path}: damaged recipe ({type(exc).__name__}: {exc}): run "
                         "'assd debug-precision' again") from None
+    check_recipe_set(path, recipe.run_id)
+    return recipe
 
 
 def resolve_layers(requested: list[str], layers: dict[str, str], source: str) -> list[str]:

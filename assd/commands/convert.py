@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import click
 
+from assd.commands.outputs import force_option
+
 
 @click.command("convert")
+@force_option
 @click.argument("source_file", metavar="SRC", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt) to write.")
 @click.option("--from", "source", required=True, type=click.Choice(["torchvision-ssd300", "assd-pytorch"]),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
+from assd.commands.outputs import force_option, refuse_unused_options
 from assd.commands.runtime_options import parse_backends, runner_options, runtime_click_options
 from assd.commands.serve import client_options
 from assd.errors import UserError
 
 
 @click.command("export")
+@force_option
 @click.argument("model")
 @click.option("--onnx", "to_onnx", is_flag=True, help="Export to ONNX (the one artifact format).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .onnx file.")
@@ -55,6 +57,7 @@ def export_command(model, to_onnx, output, opset, batch, with_postprocess, atten
 
 
 @click.command()
+@force_option
 @click.argument("artifacts", nargs=-1)
 @click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes, e.g. 1,8,32.")
 @click.option("--iters", type=int, default=20, show_default=True, help="Timed iterations per configuration.")
@@ -92,6 +95,11 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
 
         if artifacts or reports:
             raise UserError("--server measures a running server: give no ARTIFACTS or --report with it")
+        refuse_unused_options({"batches": "--batch", "iters": "--iters", "warmup": "--warmup", "device": "--device",
+                               "precision": "--precision", "use_compile": "--compile", "csv_out": "--csv",
+                               "cuda_graph": "--cuda-graph", "video": "--source", "backend": "--backend",
+                               "threads": "--threads", "performance_hint": "--performance-hint"},
+                              "with --server (the server batches requests itself; use --concurrency)")
         run_server_bench(server, parse_concurrency(concurrency), num_requests, seconds, list(images) or None,
                          json_out=json_out, markdown_out=markdown_out, echo=click.echo, api_key=api_key,
                          timeout=timeout)
@@ -104,6 +112,8 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
         run_source_bench(list(artifacts), parse_batches(batches), video, frames=frames, rounds=rounds, device=device,
                          json_out=json_out, markdown_out=markdown_out, echo=click.echo)
         return
+    refuse_unused_options({"concurrency": "--concurrency", "num_requests": "--requests", "seconds": "--seconds",
+                           "images": "--images", "api_key": "--api-key"}, "without --server")
     if reports:
         merge_reports(report_files(list(reports), list(artifacts)), markdown_out=markdown_out, csv_out=csv_out,
                       echo=click.echo)
@@ -117,6 +127,7 @@ def bench(artifacts, batches, iters, warmup, device, precision, use_compile, jso
 
 
 @click.command("eval-engine")
+@force_option
 @click.argument("artifact")
 @click.option("--data", "data_spec", required=True, help="voc:ROOT[:SETS], coco:IMAGES:JSON or synthetic[:N].")
 @click.option("--reference", default=None, help="The PyTorch checkpoint the artifact was made from.")

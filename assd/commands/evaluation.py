@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from assd.commands.outputs import force_option, refuse_unused_options
 from assd.commands.runtime_options import runner_options, runtime_click_options
 from assd.commands.serve import client_options
 from assd.errors import UserError
@@ -63,6 +64,7 @@ def _postprocess_click_options(score_threshold: float):
 
 
 @click.command("eval")
+@force_option
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
               help="Artifact to evaluate: checkpoint (.pt), .onnx, .engine, or a server URL http://HOST:PORT/MODEL.")
 @click.option("--detections", "detections_path", type=click.Path(dir_okay=False),
@@ -94,6 +96,9 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
 
     if (model_path is None) == (detections_path is None):
         raise UserError("assd eval: give either --model CHECKPOINT or --detections FILE.json (exactly one)")
+    if model_path is None or model_path.startswith(("http://", "grpc://")):
+        refuse_unused_options({"device": "--device"}, "with a server URL (the server chooses its device)"
+                              if model_path else "with --detections (no model runs)")
     check_outputs([*artifact_files(model_path), detections_path, *data_spec_inputs(data_spec)],
                   files={"--json": json_out})
     pp_cfg = _postprocess_from_options(None, score_threshold, nms_iou, top_k, max_detections)  # options checked
@@ -132,6 +137,7 @@ def eval_command(model_path, detections_path, data_spec, metric, json_out, limit
 
 
 @click.command("attention")
+@force_option
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import click
 
+from assd.commands.outputs import force_option
+
 
 @click.command("debug-precision")
+@force_option
 @click.argument("onnx_file")
 @click.option("--data", required=True, help="Annotated evaluation data: voc:ROOT[:SETS], coco:IMAGES:JSON, synthetic[:N].")
 @click.option("--reference", required=True, help="The checkpoint (.pt) or fp32 ONNX the mAP is compared with.")

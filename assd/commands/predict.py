@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from assd.commands.evaluation import _check_batch_size, _postprocess_click_options
+from assd.commands.outputs import force_option
 from assd.commands.runtime_options import runner_options, runtime_click_options
 from assd.errors import UserError
 
@@ -41,6 +42,7 @@ def _check_options(batch_size: int, stride: int, max_frames: int | None, timeout
 
 
 @click.command("predict")
+@force_option
 @click.option("--model", "model_path", required=True,
               help="Checkpoint (.pt) or preset, .onnx, .engine, or a served model http://HOST:PORT/MODEL.")
 @click.argument("sources", nargs=-1, required=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from assd.commands.outputs import exclusive_flag, force_option
+
 CALIB_METHODS = ["entropy", "percentile", "max", "auto"]
 
 
@@ -50,6 +52,7 @@ def _gate_request(max_delta_map, keep_high, eval_data, eval_images, accept):
 
 
 @click.command("calibrate")
+@force_option
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
 @click.option("--calib-data", required=True,
               help="Calibration images: a folder, or voc:ROOT[:SETS], coco:IMAGES:JSON, synthetic[:N].")
@@ -83,12 +86,13 @@ def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method,
 
 
 @click.command("build-engine")
+@force_option
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .engine file.")
-@click.option("--fp32", "precision", flag_value="fp32", help="Build the fp32 graph as is.")
-@click.option("--fp16", "precision", flag_value="fp16", help="Convert an fp32 graph to fp16 first (default: "
+@exclusive_flag("precision", "fp32", "--fp32", help="Build the fp32 graph as is.")
+@exclusive_flag("precision", "fp16", "--fp16", help="Convert an fp32 graph to fp16 first (default: "
               "the ONNX file's own precision).")
-@click.option("--int8", "precision", flag_value="int8", help="Calibrate an fp32 graph to int8 Q/DQ first "
+@exclusive_flag("precision", "int8", "--int8", help="Calibrate an fp32 graph to int8 Q/DQ first "
               "(needs --calib-data).")
 @click.option("--batch", default=None, help="Optimization profile MIN:OPT:MAX (default 1:8:32, or the fixed batch).")
 @click.option("--workspace", type=float, default=None, help="Builder workspace limit in GB (default: TensorRT's).")
@@ -129,7 +133,7 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
     graph = precision_graph_path(onnx_file, output, precision) if precision in ("fp16", "int8") else None
     check_outputs([onnx_file, keep_high, *data_spec_inputs(calib_data), *data_spec_inputs(eval_data)],
                   files={"-o": output, "the engine sidecar": sidecar_path(output), "the precision graph": graph,
-                         "--timing-cache": timing_cache, "--calib-cache": calib_cache})
+                         "--timing-cache": timing_cache, "--calib-cache": calib_cache}, kinds={"-o": "engine"})
 
     options = EngineOptions(
         precision=precision, batch=batch, workspace_gb=workspace, timing_cache=timing_cache,

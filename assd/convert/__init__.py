@@ -56,7 +56,7 @@ def convert_weights(source_file: str | os.PathLike, output: str | os.PathLike, s
     layout = SOURCES[source]
     preset = model or layout.DEFAULT_MODEL
     anchors = get_config(preset).anchors_per_location[0]
-    check_outputs([source_file], files={"-o": output})
+    check_outputs([source_file], files={"-o": output}, kinds={"-o": "torch"})
     state_dict = read_state_dict(source_file, layout.EXPECTED)
     num_classes = _num_classes(state_dict, layout, anchors, str(source_file))
     network = ASSD(get_config(preset, num_classes=num_classes))

@@ -46,6 +46,12 @@ def read_state_dict(path: str | os.PathLike, expected: str) -> dict[str, torch.T
             break
     if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise UserError(f"{path}: holds no state_dict of tensors: expected {expected}")
+    if odd := [key for key in data if not isinstance(key, str)]:
+        raise UserError(f"{path}: damaged state_dict: {len(odd)} key(s) are not tensor names ({', '.join(map(repr, odd[:3]))}"
+                        f"{', ...' if len(odd) > 3 else ''}, a {type(odd[0]).__name__}): expected {expected}")
+    if damaged := [key for key, value in data.items() if value.is_floating_point() and not torch.isfinite(value).all()]:
+        raise UserError(f"{path}: {_show(damaged)} tensor(s) hold NaN or infinite values: a model made from them "
+                        f"would detect nothing: expected trained weights ({expected})")
     if all(key.startswith(DATA_PARALLEL_PREFIX) for key in data):
         data = {key[len(DATA_PARALLEL_PREFIX):]: value for key, value in data.items()}
     return data

@@ -38,7 +38,22 @@ def load_coco(annotation_file: str | Path) -> COCO:
                             "instances_*.json with images, annotations and categories")
     for key in ("images", "categories"):
         _check_ids(path, key, coco.dataset[key])
+    _check_annotation_fields(path, coco.dataset["annotations"])
     return coco
+
+
+def _check_annotation_fields(path: Path, annotations: list) -> None:
+    """UserError naming the first annotation whose ``iscrowd`` is not 0/1 or whose ``area`` is not a number:
+    pycocotools' COCOeval reads both as numbers from the raw file ("iscrowd": "yes" was a ValueError)."""
+    for index, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            raise UserError(f"{path}: annotations[{index}] is not a JSON object: give an official COCO instances json")
+        crowd, area = ann.get("iscrowd", 0), ann.get("area", 0)
+        if isinstance(crowd, str) or crowd not in (0, 1):
+            raise UserError(f"{path}: annotations[{index}] (id {ann.get('id')!r}) has iscrowd {crowd!r}: it must be 0 "
+                            "or 1, as in official COCO files")
+        if isinstance(area, bool) or not isinstance(area, (int, float)):
+            raise UserError(f"{path}: annotations[{index}] (id {ann.get('id')!r}) has area {area!r}, not a number")
 
 
 def _check_ids(path: Path, key: str, entries: list) -> None:

@@ -15,7 +15,9 @@ ASSD's unscaled attention scores (~1e5 with random weights) lose too much in TF3
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from assd.engine.precision_graph import compose_precision_graph, precision_graph
 from assd.errors import UserError
 from assd.runtime.engine_info import HARDWARE_COMPAT_LEVELS, EngineInfo, check_build_target, sidecar_path
 from assd.runtime.metadata import OnnxMetadata, read_metadata
+from assd.runtime.sidecar_checks import MAX_ENGINE_BATCH
 from assd.runtime.tensorrt_support import import_tensorrt, require_tensorrt
 from assd.utils import atomic_write_bytes, atomic_write_json
 
@@ -55,8 +58,9 @@ class BatchRange:
             values = []
         if len(values) == 1:
             values *= 3
-        if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-            raise UserError(f"--batch {text}: use MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (e.g. 1:8:32) or one size")
+        if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2] <= MAX_ENGINE_BATCH:
+            raise UserError(f"--batch {text}: use MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX <= {MAX_ENGINE_BATCH} (e.g. "
+                            "1:8:32) or one size")
         batch = cls(*values)
         if fixed_batch and batch != cls(fixed_batch, fixed_batch, fixed_batch):
             raise UserError(f"--batch {text}: the ONNX file has a fixed batch of {fixed_batch}: use --batch "
@@ -90,7 +94,7 @@ def check_options(onnx_path: str, output: str, options: EngineOptions) -> tuple[
         raise UserError(f"{output}: the engine file must end in {', '.join(ENGINE_SUFFIXES)}")
     if options.hardware_compat not in HARDWARE_COMPAT_LEVELS:
         raise UserError(f"--hardware-compat {options.hardware_compat}: choose one of {', '.join(HARDWARE_COMPAT_LEVELS)}")
-    if options.workspace_gb is not None and options.workspace_gb <= 0:
+    if options.workspace_gb is not None and not (math.isfinite(options.workspace_gb) and options.workspace_gb > 0):
         raise UserError(f"--workspace {options.workspace_gb}: must be a positive number of GB")
     metadata = read_metadata(onnx_path)
     precision = options.precision or metadata.precision
@@ -140,7 +144,7 @@ def build_engine(onnx_path: str, output: str, options: EngineOptions,
         hardware_compatibility=options.hardware_compat, tf32=options.tf32, assd_version=assd.__version__,
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         class_names=list(metadata.model_config.class_names), kept_high=read_kept_high(graph),
-        fp16_range_kept=read_fp16_range(graph))
+        fp16_range_kept=read_fp16_range(graph), engine_sha256=hashlib.sha256(plan).hexdigest())
     atomic_write_json(sidecar_path(output), info.to_dict())
     echo(f"wrote {output} ({len(plan) / 1e6:.1f} MB, TensorRT {info.tensorrt_version}, {info.gpu_name} "
          f"sm_{capability[0]}{capability[1]}, {precision}, batch {batch.min}:{batch.opt}:{batch.max}) and "

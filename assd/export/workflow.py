@@ -77,7 +77,7 @@ def export_and_check(model_spec: str, output: str, opset: int = 18, batch: str |
         raise UserError(f"{output}: the output file must end in .onnx")
     if precision not in ("fp32", "fp16"):
         raise UserError(f"--precision {precision}: export writes fp32 or fp16 graphs (int8: 'assd calibrate')")
-    check_outputs([model_spec, parity_images], files={"-o": output})
+    check_outputs([model_spec, parity_images], files={"-o": output}, kinds={"-o": "onnx"})
     images = _fill_batches(_load_images(parity_images), batch) if check_parity else []  # inputs before outputs
     model = load_model(model_spec)
     postprocess_cfg = PostprocessConfig.for_model(model.cfg, max_detections=max_detections)

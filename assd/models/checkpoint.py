@@ -34,9 +34,10 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     raises a one-line ``UserError`` naming ``path`` and the errno (``assd.paths.write_error``). torch.save
     is handed a Python file object so the OS error keeps its errno: given a path, torch reports a full
     disk only as "unexpected pos N vs M". Temp files of killed processes are removed by the next save."""
-    from assd.paths import temp_file_beside, write_error
+    from assd.paths import TORCH, temp_file_beside, write_error
+    from assd.utils import output_target
 
-    path = Path(path)
+    path = output_target(path, TORCH)  # never a device or FIFO; a symlink: its file
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ Everything runs with ONNX Runtime on the CPU, so the answer exists before any GP
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from assd.calibration.paths import check_graph_outputs, private_workdir
 from assd.calibration.recipe import KeptLayer, Recipe
+from assd.calibration.run_set import mark_graph, new_run_id
 from assd.errors import CheckFailed, UserError
 from assd.precision.evaluator import VariantResult, available_threads
 from assd.precision.report import REPORT_FILES, write_report
@@ -246,7 +248,7 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
     mark = time.perf_counter()
     result, kept, final, verification, rounds = _search_and_verify(setup, sensitivities, tolerance, verifier, echo)
     seconds["search"] = time.perf_counter() - mark
-    atomic_write_bytes(options.output, check_and_serialize(setup.graph([s.layer for s in kept])))
+    graph = check_and_serialize(mark_graph(setup.graph([s.layer for s in kept]), run_id := new_run_id()))
     seconds["total"] = time.perf_counter() - started
     debug = DebugResult(setup, all_low, sensitivities, result, kept, final, tolerance, verification, rounds,
                         images_needed(verification.interval, tolerance), seconds)
@@ -254,8 +256,9 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
         echo(f"warning: ±{tolerance:g} points needs about {debug.images_needed} verification images here (the 95 % "
              f"interval of Δ is ±{verification.interval.half_width:.2f} on {verification.images}; it shrinks as "
              "1/sqrt(images)); --images and the data are below that")
-    recipe = make_recipe(setup, all_low, kept, result, verification, tolerance)
-    debug.files = write_report(options.report_folder(), debug, recipe, options)
+    recipe = dataclasses.replace(make_recipe(setup, all_low, kept, result, verification, tolerance), run_id=run_id)
+    debug.files = write_report(options.report_folder(), debug, recipe, options)  # the report first, the graph last:
+    atomic_write_bytes(options.output, graph)  # a graph always has its report (assd.calibration.run_set)
     debug.files["graph"] = str(options.output)
     return debug
 

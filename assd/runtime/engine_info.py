@@ -84,6 +84,7 @@ class EngineInfo:
     class_names: list[str] = field(default_factory=list)
     kept_high: list[str] = field(default_factory=list)  # layers the graph keeps in fp32 (assd.kept_high)
     fp16_range_kept: dict = field(default_factory=dict)  # tensor -> max |x|: kept fp32 by the fp16 range audit
+    engine_sha256: str = ""  # of the engine file: a sidecar and an engine of two builds are detected
 
     @property
     def config(self) -> ModelConfig:
@@ -94,11 +95,15 @@ class EngineInfo:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "sidecar") -> EngineInfo:
-        if data.get("format") != SIDECAR_FORMAT:
+        from assd.runtime.sidecar_checks import sidecar_problem
+
+        if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
             raise UserError(f"{source}: not an assd engine sidecar: rebuild the engine with 'assd build-engine'")
         if data.get("version") != SIDECAR_VERSION:
             raise UserError(f"{source}: sidecar version {data.get('version')} is not supported by this assd "
                             f"(expects {SIDECAR_VERSION}): rebuild the engine with 'assd build-engine'")
+        if problem := sidecar_problem(data):
+            raise UserError(f"{source}: damaged engine sidecar: {problem}: rebuild the engine with 'assd build-engine'")
         fields = {key: value for key, value in data.items() if key not in ("format", "version")}
         try:
             info = cls(**fields)
@@ -124,7 +129,13 @@ def read_engine_info(engine_path: str | Path) -> EngineInfo:
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: unreadable engine sidecar ({exc}): rebuild the engine with "
                         "'assd build-engine'") from None
-    return EngineInfo.from_dict(data, source=str(path))
+    info = EngineInfo.from_dict(data, source=str(path))
+    from assd.runtime.sidecar_checks import pair_problem
+
+    if problem := pair_problem(engine_path, info.engine_sha256):
+        raise UserError(f"{engine_path}: {problem}: rebuild it with 'assd build-engine' (engine and sidecar are "
+                        "written together)")
+    return info
 
 
 def check_compatible(info: EngineInfo, tensorrt_version: str, compute_capability: tuple[int, int],

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from assd.errors import UserError
 from assd.models.config import ModelConfig
+from assd.paths import temp_dir_beside
 from assd.remote.protocol import INPUT_ENCODED, OUTPUTS, check_serving_options
 from assd.runtime.postprocess import PostprocessConfig
 from assd.serving.environment import require_serve_extra
@@ -203,7 +203,7 @@ def write_repository(repo: str, artifact: str, max_batch: int = 8, name: str = "
     configs = repository_configs(name, network)
     repo_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{repo_path.name}.", dir=repo_path.parent))
+        staging = temp_dir_beside(repo_path)  # stale ones of killed runs removed first
     except OSError as exc:
         raise UserError(f"{repo_path}: cannot write there ({exc.strerror}): choose another folder") from None
     try:

@@ -97,3 +97,42 @@ def _fit_to_new_end(stored: Recipe, overrides: dict) -> tuple[dict, list[str]]:
         notes.append(f"--warmup-epochs {epochs} (run: {_shown(stored.warmup_epochs)}; cut at the new end, "
                      f"--epochs {epochs})")
     return kept, notes
+
+
+def epoch_partial(trainer) -> dict | None:
+    """What a checkpoint written in the middle of an epoch keeps of it: the float64 sums of the losses
+    (total, loc, conf) of its steps so far, so the resumed run's epoch means (``metrics.jsonl``) equal an
+    uninterrupted run's bit for bit; None at an epoch's end."""
+    sums = getattr(trainer, "epoch_sums", None)
+    if not trainer.step_in_epoch or sums is None:
+        return None
+    return {"epoch": trainer.epoch, "steps": trainer.step_in_epoch, "sums": [float(v) for v in sums.tolist()]}
+
+
+def resumed_epoch_sums(partial: dict | None, epoch: int, step_in_epoch: int):
+    """``(loss sums, steps they cover)`` an epoch starts from: the checkpoint's ``epoch_partial`` when it
+    resumes that epoch at that step, else zeros (a checkpoint of an older assd has none: its epoch mean
+    covers the resumed steps only)."""
+    import torch
+
+    sums = torch.zeros(3, dtype=torch.float64)
+    try:
+        if partial and partial["epoch"] == epoch and partial["steps"] == step_in_epoch and step_in_epoch:
+            sums += torch.tensor([float(v) for v in partial["sums"]], dtype=torch.float64)
+            return sums, step_in_epoch
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        pass
+    return torch.zeros(3, dtype=torch.float64), 0
+
+
+def check_optimizer_switch(state: dict, optimizer: str, where) -> None:
+    """UserError (one line) when ``--allow-changes --optimizer`` names another optimizer than the run's:
+    its state (momentum buffers, Adam moments) cannot continue in another optimizer."""
+    from assd.errors import UserError
+
+    saved = (state.get("recipe") or {}).get("optimizer") if isinstance(state.get("recipe"), dict) else None
+    if saved in ("sgd", "adamw") and saved != optimizer:
+        names = {"sgd": "SGD", "adamw": "AdamW"}
+        raise UserError(f"{where}: the run was trained with {names[saved]}; its optimizer state cannot continue with "
+                        f"{names.get(optimizer, optimizer)} (--optimizer): resume with the run's optimizer, or start a "
+                        "new run in another --out")

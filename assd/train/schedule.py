@@ -27,6 +27,23 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
                            foreach=True)
 
 
+def check_optimizer_kind(state: dict, optimizer: torch.optim.Optimizer, where) -> None:
+    """UserError (one line) when the checkpoint's optimizer state belongs to another optimizer: SGD
+    "loads" AdamW's state without complaint, then fails on its first step (KeyError 'momentum')."""
+    from assd.errors import UserError
+
+    try:
+        saved = set(state["optimizer"]["param_groups"][0]) - {"params"}
+    except (KeyError, IndexError, TypeError):
+        return  # load_state_dict reports a damaged state
+    current = set(optimizer.param_groups[0]) - {"params"}
+    kind = {True: "AdamW", False: "SGD"}
+    if ("betas" in saved) != ("betas" in current):
+        raise UserError(f"{where}: the run was trained with {kind['betas' in saved]}; its optimizer state cannot "
+                        f"continue with {kind['betas' in current]} (--optimizer): resume with the run's optimizer, or "
+                        "start a new run in another --out")
+
+
 def lr_at(recipe: Recipe, epoch: int, step_in_epoch: int, steps_per_epoch: int) -> float:
     """The lr of the optimizer step ``step_in_epoch`` (0-based) of epoch ``epoch`` (0-based)."""
     progress = epoch + step_in_epoch / steps_per_epoch  # in epochs

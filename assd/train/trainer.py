@@ -26,12 +26,13 @@ from assd.train import distributed
 from assd.train.batchnorm import freeze_batchnorm, prepare_batchnorm
 from assd.train.inputs import data_fingerprint, open_dataset, with_augment
 from assd.train.loss import MultiBoxLoss
+from assd.train.memory import check_training_memory
 from assd.train.monitor import RunMonitor, note, progress_bar
 from assd.train.options import RUN_SETTING_DEFAULTS, TrainOptions, TrainResult
 from assd.train.recipes import PAPER_RECIPES, default_recipe_name, get_recipe
-from assd.train.resume import plan_resume
+from assd.train.resume import check_optimizer_switch, epoch_partial, plan_resume, resumed_epoch_sums
 from assd.train.sampling import ResumableSampler, SeededSamples
-from assd.train.schedule import apply_recipe, build_optimizer, lr_at, set_lr
+from assd.train.schedule import apply_recipe, build_optimizer, check_optimizer_kind, lr_at, set_lr
 from assd.train.state import (
     BEST,
     LAST,
@@ -106,6 +107,7 @@ class Trainer:
         self.epoch = state["epoch"] if state else 0
         self.step_in_epoch = state["step_in_epoch"] if state else 0
         self.global_step = state["global_step"] if state else 0
+        self.epoch_partial = state.get("epoch_partial") if state else None  # loss sums of the epoch's first steps
         self.best_map = state.get("best_map") if state else None
         self.best_epoch = state.get("best_epoch") if state else None
         self.saved = describe_run(state) if state else None  # what last.pt holds
@@ -159,6 +161,8 @@ class Trainer:
         if state is not None:
             plan = plan_resume(self.opts, state, fingerprint, self.out / LAST)
             self.recipe, self.settings, self.changes = plan.recipe, plan.settings, plan.changes
+            check_optimizer_switch(state, self.recipe.optimizer, self.out / LAST)  # before any note: one line
+            self._check_memory()
             allowed = [change for change in self.changes if change not in plan.adjusted]
             if allowed:
                 note(f"note: continuing with changed options (--allow-changes): {'; '.join(allowed)}", self.verbose)
@@ -170,8 +174,14 @@ class Trainer:
             given = self.opts.run_settings()
             self.settings = {key: default if given[key] is None else given[key]
                              for key, default in RUN_SETTING_DEFAULTS.items()}
+            self._check_memory()
         note(self.recipe.describe(self.ctx.world_size) + f"; seed {self.settings['seed']}, augment "
              f"{self.settings['augment']}", self.verbose)
+
+    def _check_memory(self) -> None:
+        """Refuse a batch that cannot fit before anything of its size is allocated (assd/train/memory.py)."""
+        check_training_memory(self.cfg, self.recipe.batch_size, self.recipe.optimizer, self.device,
+                              f"train {self.cfg.name}")
 
     def _schedule_line(self, state: dict | None) -> dict:
         """The metrics file's record of this call's effective schedule and settings."""
@@ -224,6 +234,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.recipe)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.settings["amp"] == "fp16")
         if state is not None:
+            check_optimizer_kind(state, self.optimizer, self.out / LAST)
             try:
                 self.optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError) as exc:
@@ -317,7 +328,9 @@ class Trainer:
         self.net.train()
         if self.settings["freeze_bn"]:
             freeze_batchnorm(self.model)
-        sums, steps, started = torch.zeros(3, dtype=torch.float64), 0, time.perf_counter()
+        sums, before = resumed_epoch_sums(self.epoch_partial, self.epoch, self.step_in_epoch)
+        steps, started = 0, time.perf_counter()
+        self.epoch_sums, self.epoch_partial = sums, None  # _save stores the sums of a run stopped mid-epoch
         with progress_bar(self.epoch, self.recipe.epochs, self.steps_per_epoch, self.step_in_epoch,
                           self.verbose) as bar:
             for images, targets in self.loader:
@@ -336,9 +349,9 @@ class Trainer:
                 if self._step_limit_reached() and self.step_in_epoch < self.steps_per_epoch:
                     return None
         seconds = time.perf_counter() - started
-        mean = (sums / max(steps, 1)).tolist()
+        mean = (sums / max(before + steps, 1)).tolist()  # every step of the epoch, before a resume too
         return {"epoch": self.epoch + 1, "global_step": self.global_step, "loss": mean[0], "loc_loss": mean[1],
-                "conf_loss": mean[2], "lr": lr, "steps": steps, "seconds": round(seconds, 3),
+                "conf_loss": mean[2], "lr": lr, "steps": before + steps, "seconds": round(seconds, 3),
                 "img_per_s": round(steps * batch * self.ctx.world_size / seconds, 3)}
 
     def _train_step(self, images: torch.Tensor, targets: list[dict], lr: float) -> tuple[float, float, float]:
@@ -391,7 +404,7 @@ class Trainer:
                 epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
                 global_batch=self.recipe.batch_size * self.ctx.world_size, recipe=self.recipe.to_dict(),
                 options=self.record, best_map=self.best_map, best_epoch=self.best_epoch, rng=rng_states(),
-                finished=finished)
+                finished=finished, epoch_partial=epoch_partial(self))
         except UserError as exc:
             kept = (f"{self.out / LAST} still holds {self.saved}: --resume continues from there"
                     if self.saved else "no checkpoint of this run was written yet")
