@@ -21,6 +21,7 @@ import torch
 from assd.errors import UserError, short_reason
 from assd.runtime.base import Runner
 from assd.runtime.fp16_preview import preview_session
+from assd.runtime.graph_outputs import GraphOutputs
 from assd.runtime.metadata import read_metadata
 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -69,7 +70,7 @@ def requested_providers(provider: str) -> list[str]:
     return [PROVIDER_NAMES[name] for name in chain]
 
 
-class OnnxRuntimeRunner(Runner):
+class OnnxRuntimeRunner(GraphOutputs, Runner):
     """ONNX Runtime on CPU, or with the CUDA / TensorRT execution providers when asked and available.
 
     ``backend`` names the provider the session actually uses (``session.get_providers()``): ONNX
@@ -137,17 +138,3 @@ class OnnxRuntimeRunner(Runner):
         self.check_batch(images.shape[0])
         feed = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy())}
         return [torch.from_numpy(array).to(self.device) for array in self.session.run(names, feed)]
-
-    def infer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.outputs != "raw":
-            self.refuse_raw_outputs()
-        loc, conf = self._run(images, ["loc", "conf"])
-        return loc, conf
-
-    def infer_detections(self, images: torch.Tensor):
-        from assd.runtime.padded import DETECTION_OUTPUTS, PaddedDetections
-
-        if self.outputs != "detections":
-            return super().infer_detections(images)
-        boxes, scores, classes, count = self._run(images, list(DETECTION_OUTPUTS))
-        return PaddedDetections(boxes, scores, classes, count, self.exported_postprocess, self.artifact)

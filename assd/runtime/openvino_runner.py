@@ -23,6 +23,7 @@ import torch
 
 from assd.errors import UserError, short_reason
 from assd.runtime.base import Runner
+from assd.runtime.graph_outputs import GraphOutputs
 from assd.runtime.metadata import read_metadata
 
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -52,7 +53,7 @@ def compile_properties(hint: str | None, threads: int | None) -> dict[str, str]:
     return properties
 
 
-class OpenVinoRunner(Runner):
+class OpenVinoRunner(GraphOutputs, Runner):
     """OpenVINO on the CPU; ``infer`` takes and returns torch tensors on the CPU like every runner."""
 
     backend = "openvino"
@@ -87,20 +88,6 @@ class OpenVinoRunner(Runner):
         results = self.request.infer({"images": feed})
         # The request reuses its output buffers: copy before the next call overwrites them.
         return [torch.from_numpy(np.array(results[self.compiled.output(name)])) for name in names]
-
-    def infer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.outputs != "raw":
-            self.refuse_raw_outputs()
-        loc, conf = self._run(images, ["loc", "conf"])
-        return loc, conf
-
-    def infer_detections(self, images: torch.Tensor):
-        from assd.runtime.padded import DETECTION_OUTPUTS, PaddedDetections
-
-        if self.outputs != "detections":
-            return super().infer_detections(images)
-        boxes, scores, classes, count = self._run(images, list(DETECTION_OUTPUTS))
-        return PaddedDetections(boxes, scores, classes, count, self.exported_postprocess, self.artifact)
 
     def describe(self) -> dict:
         return {**super().describe(), "performance_hint": self.hint, "threads": self.threads}
