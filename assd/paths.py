@@ -304,13 +304,12 @@ def check_outputs(inputs: Iterable[PathLike | None], files: Mapping[str, PathLik
                             "own path")
         claimed[resolved] = option
 
-    for option, path in (files or {}).items():
-        if path is None:
-            continue
+    given = {option: path for option, path in (files or {}).items() if path is not None}
+    for option, path in given.items():  # collisions first: "X is also the output of Y" says the most
         if stream_fd(path) is None:
             _check_writable(option, Path(path), is_folder=False)
-        if stream_fd(path) is None:
             claim(option, Path(path))
+    for option, path in given.items():
         check_output_policy(option, path, (kinds or {}).get(option))
         if stream_fd(path) is None:
             _CHECKED.add(str(_resolved(path)))

@@ -25,6 +25,9 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/assd-fresh.XXXXXX")"
 mkdir -p "$work/bin" "$work/tmp" "$work/pip-cache"
 ln -s "$(command -v "$python")" "$work/bin/python3"   # the README says python3: make it this interpreter
 git clone -q "$repo" "$work/assd" || exit 1
+if [ -d "$repo/../shared" ]; then   # as in CI, the real photos lie beside the checkout (tests skip without them)
+    ln -s "$(cd "$repo/../shared" && pwd)" "$work/shared"
+fi
 export PATH="$work/bin:$PATH" TMPDIR="$work/tmp" PIP_CACHE_DIR="$work/pip-cache"
 echo "fresh clone: $work/assd ($(git -C "$work/assd" log -1 --format='%h %s' | cut -c1-70))"
 echo "python3: $(python3 --version 2>&1); machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GB"

@@ -23,6 +23,7 @@ import torch
 from assd.calibration import load_recipe, read_kept_high
 from assd.cli import main
 from assd.data.synthetic import SyntheticDataset
+from assd.engine.precision_graph import precision_graph_path
 from assd.evaluation.engine_parity import eval_engine
 from assd.export import export_onnx
 from assd.models import get_config
@@ -208,9 +209,12 @@ def test_build_engine_gate_searches_before_tensorrt_and_records_kept_layers(outl
               "--eval-images", str(SEARCH_IMAGES), "--accept", "point", "-o", str(engine)])
     captured = capsys.readouterr()
     assert exit_info.value.code == 2 and "TensorRT" in captured.err and "\n" not in captured.err.strip()
-    graph = tmp_path / "outlier.int8.onnx"
-    assert "bisecting" in captured.out and "verified on all 16" in captured.out and str(graph) in captured.err
-    assert OUTLIER_LAYER in read_kept_high(graph) and not engine.exists()
+    graph = tmp_path / "outlier.int8.onnx"  # the gate's graph; the engine stage composes it on an fp16 base
+    composed = precision_graph_path(str(graph), str(engine), "int8")
+    assert "bisecting" in captured.out and "verified on all 16" in captured.out and str(graph) in captured.out
+    assert str(composed) in captured.err
+    assert OUTLIER_LAYER in read_kept_high(graph) and OUTLIER_LAYER in read_kept_high(composed)
+    assert not engine.exists()
 
 
 def test_recipe_makes_builds_reproducible_and_auto_compares_three_methods(outlier_model, debugged, tmp_path, capsys):

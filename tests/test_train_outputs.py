@@ -66,7 +66,8 @@ def test_disk_full_during_a_checkpoint_save_is_one_line_and_keeps_the_last_good_
 
 def test_atomic_save_into_a_read_only_folder_is_one_line_and_changes_nothing(tmp_path, monkeypatch):
     target = tmp_path / "model.pt"
-    target.write_bytes(b"previous")
+    torch.save({"x": 0}, target)  # a checkpoint: replacing it with another is allowed (assd.paths' kind rule)
+    previous = target.read_bytes()
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
@@ -74,7 +75,7 @@ def test_atomic_save_into_a_read_only_folder_is_one_line_and_changes_nothing(tmp
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     with pytest.raises(UserError, match=r"model.pt: cannot write \(EROFS: Read-only file system\).*the previous file, if any, is unchanged"):
         atomic_torch_save({"x": 1}, target)
-    assert target.read_bytes() == b"previous"
+    assert target.read_bytes() == previous
 
 
 def test_out_folder_under_a_file_is_refused_before_the_data_is_read(tmp_path):
