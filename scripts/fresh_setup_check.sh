@@ -44,16 +44,18 @@ cd "$work/assd"
 for name in demo tests; do
     [ "$name" = tests ] && [ "$demo_only" -eq 1 ] && break
     start=$(date +%s)
-    scripts/run_readme_command.sh "$name" 2>&1 | tee "$work/$name.log" | grep -E '^(==|--) ' || true
+    echo 0 > "$peak_file"                        # the temp folder's peak per command
+    scripts/run_readme_command.sh "$name" 2>&1 | tee "$work/$name.log" | grep -E '^(==|--) '
     code=${PIPESTATUS[0]}
     echo "README command '$name': exit $code in $(( $(date +%s) - start )) s"
     tail -n 3 "$work/$name.log" | sed 's/^/    | /'
-    echo "    venv on disk after '$name': $(du -sh .venv 2>/dev/null | cut -f1); temp folder peak so far $(cat "$peak_file") MB"
+    echo "    venv on disk after '$name': $(du -sh .venv 2>/dev/null | cut -f1); temp folder peak during it" \
+         "$(cat "$peak_file") MB (the tests' own temporary files count there too)"
     [ "$code" -eq 0 ] || status=1
     [ "$status" -eq 0 ] || break
 done
 kill "$sampler" 2>/dev/null
 echo "pip cache: $(du -sh "$PIP_CACHE_DIR" | cut -f1)"
-echo "temp folder: peak $(cat "$peak_file") MB, left after the commands $(du -sm "$TMPDIR" | cut -f1) MB"
+echo "temp folder left after the commands: $(du -sm "$TMPDIR" | cut -f1) MB"
 [ "$keep" -eq 1 ] && echo "kept: $work"
 exit "$status"
