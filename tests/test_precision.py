@@ -249,8 +249,9 @@ def test_calibration_cache_is_reused_and_invalidated(fp32_onnx, voc_images_dir, 
     model = onnx.load(str(fp32_onnx))
     model.doc_string = "changed"
     onnx.save(model, str(other))
+    seen = len(messages)
     quantize_int8(str(other), str(tmp_path / "e.onnx"), str(voc_images_dir), method="max", **{**run, "num_bins": 512})
-    assert calls == [256, 512, 512] and "another ONNX file" in messages[-3]
+    assert calls == [256, 512, 512] and "another ONNX file" in " ".join(messages[seen:])
 
 
 def test_entropy_calibration_end_to_end(fp32_onnx, voc_images_dir, tmp_path):
