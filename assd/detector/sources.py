@@ -11,6 +11,7 @@ yielded and ``lost`` says how many were missing.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import glob
 import itertools
@@ -114,7 +115,7 @@ def open_source(source, timeout: float = 10.0) -> Source:
     return VideoSource.file(str(source))
 
 
-class Source:
+class Source(abc.ABC):
     """Frames of one source. ``live``: a camera or network stream (frames come at their own pace);
     ``fps`` and ``size`` ``(width, height)`` when known; ``expected_frames``: the count a video file's
     header gives (None: unknown); ``lost``: frames the header promised that could not be decoded."""
@@ -126,8 +127,9 @@ class Source:
     expected_frames: int | None = None
     lost: int = 0
 
+    @abc.abstractmethod
     def frames(self, stop: threading.Event, stride: int = 1) -> Iterator[Frame]:
-        raise NotImplementedError
+        """Every ``stride``-th frame until the source ends or ``stop`` is set (each kind of source its own)."""
 
     def close(self) -> None:
         pass
