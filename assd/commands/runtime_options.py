@@ -12,16 +12,17 @@ import click
 
 from assd.errors import UserError
 
-BACKEND_NAMES = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
+BACKEND_NAMES = ("auto", "torch", "torch-compile", "onnxruntime", "openvino", "tensorrt")
 
 
 def runtime_click_options(several: bool = False):
     """Add --backend, --threads and --performance-hint to a click command (``several``: --backend takes a
     comma-separated list, as bench does)."""
     backend_help = ("Runtime for the artifact: auto (by extension: .pt -> torch, .onnx -> onnxruntime, .engine -> "
-                    "tensorrt), or openvino for an .onnx file (extra 'openvino').")
+                    "tensorrt), openvino for an .onnx file (extra 'openvino'), torch-compile for a checkpoint "
+                    "(torch.compile).")
     if several:
-        backend_help += (" Several, comma-separated (e.g. onnxruntime,openvino): each artifact runs on every listed "
+        backend_help += (" Several, comma-separated (e.g. torch,torch-compile,onnxruntime,openvino): each artifact runs on every listed "
                          "backend that can run it.")
 
     def decorate(command):

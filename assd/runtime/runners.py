@@ -19,8 +19,8 @@ __all__ = ["BACKENDS", "OnnxRuntimeRunner", "Runner", "TorchRunner", "artifact_f
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 # The backends each kind of artifact runs on, its default first ("auto" picks it).
-BACKENDS_BY_KIND = {"checkpoint": ("torch",), "onnx": ("onnxruntime", "openvino"), "engine": ("tensorrt",)}
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
+BACKENDS_BY_KIND = {"checkpoint": ("torch", "torch-compile"), "onnx": ("onnxruntime", "openvino"), "engine": ("tensorrt",)}
+BACKENDS = ("auto", "torch", "torch-compile", "onnxruntime", "openvino", "tensorrt")
 
 
 def artifact_files(artifact: str | None) -> list[str]:
@@ -74,7 +74,8 @@ def open_runner(artifact: str, device: str | None = "cpu", precision: str = "fp3
                 backend: str | None = None, performance_hint: str | None = None, cuda_graph: bool = False,
                 fp16_preview: bool = True) -> Runner:
     """The runner for an artifact path (or preset name) on ``backend`` (None/"auto": by its extension:
-    .pt/preset -> torch, .onnx -> onnxruntime, .engine -> tensorrt; "openvino" runs an .onnx file).
+    .pt/preset -> torch, .onnx -> onnxruntime, .engine -> tensorrt; "openvino" runs an .onnx file,
+    "torch-compile" a checkpoint through ``torch.compile``, as ``compile=True`` does).
     ``threads``: intra-op threads (ONNX Runtime, OpenVINO); ``performance_hint``: OpenVINO's
     (latency, throughput); ``cuda_graph``: engines only; ``fp16_preview``: an fp16/int8 ONNX on ONNX
     Runtime's CPU provider rounds every fp16 tensor as an engine would (accuracy; bench turns it off to
@@ -94,5 +95,6 @@ def open_runner(artifact: str, device: str | None = "cpu", precision: str = "fp3
         from assd.runtime.tensorrt_runner import TensorRTRunner
 
         return TensorRTRunner(artifact, torch_device, cuda_graph=cuda_graph)
+    compile = compile or chosen == "torch-compile"
     return TorchRunner(load_model(artifact), artifact, torch_device, precision=precision, compile=compile,
                        channels_last=channels_last)
