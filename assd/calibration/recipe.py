@@ -46,6 +46,7 @@ class Recipe:
     delta_map_points: dict = field(default_factory=dict)  # {"low": ..., "final": ...}
     calibration: dict | None = None
     run_id: str = ""  # of the debug-precision run that wrote it (assd.calibration.run_set)
+    backend: dict | None = None  # the runtime that measured it: {"name": "openvino", "version", "threads", ...}
 
     @property
     def layer_names(self) -> list[str]:
@@ -87,7 +88,7 @@ def load_recipe(path: str | Path) -> Recipe:
         recipe = Recipe(precision=content["precision"], kept_high=kept, model=content.get("model", ""),
                         tolerance_points=content.get("tolerance_points"),
                         delta_map_points=content.get("delta_map_points") or {}, calibration=content.get("calibration"),
-                        run_id=str(content.get("run_id") or ""))
+                        run_id=str(content.get("run_id") or ""), backend=content.get("backend"))
     except (KeyError, TypeError) as exc:
         raise UserError(f"--keep-high {path}: damaged recipe ({type(exc).__name__}: {exc}): run "
                         "'assd debug-precision' again") from None

@@ -7,7 +7,9 @@ calibration and evaluation; only ``assd.commands`` imports it.
 
     setup      calibration once, the low-precision graph, one switchable graph, evaluation images
     switch     the switchable graph (one ``If`` per lowered tensor) and exposing extra outputs
-    evaluator  mAP / Δ mAP / loc, conf and per-map errors of variants (ONNX Runtime, CPU)
+    evaluator  mAP / Δ mAP / loc, conf and per-map errors of variants (ONNX Runtime or OpenVINO, CPU)
+    backend    where variants and the verification run: ONNX Runtime's switchable session, or OpenVINO
+               compiling each real graph (``--backend openvino``, the CPU target)
     layers     the layers (int8: quantized Convs; fp16: node groups), MACs, prediction maps
     search     per-layer sensitivity, greedy-by-sensitivity-per-MAC search, bisections
     uncertainty  paired bootstrap interval of Δ mAP over images

@@ -11,7 +11,9 @@
 The sensitivities and the search use ``--images`` search images (evenly spaced over ``--data``); the
 answer is graded on the verification images, never only on those that made it (``assd.precision.verify``).
 
-Everything runs with ONNX Runtime on the CPU, so the answer exists before any GPU is involved.
+Everything runs on the CPU, so the answer exists before any GPU is involved: with ONNX Runtime (the
+TensorRT target's preview), or with ``--backend openvino`` on OpenVINO, the CPU target, where every
+variant and the verification run the real graph with OpenVINO's int8 kernels (``assd.precision.backend``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from assd.calibration.paths import check_graph_outputs, private_workdir
 from assd.calibration.recipe import KeptLayer, Recipe
 from assd.calibration.run_set import mark_graph, new_run_id
 from assd.errors import CheckFailed, UserError
-from assd.precision.evaluator import VariantResult, available_threads
+from assd.precision.backend import PrecisionBackend, choose_precision_backend
+from assd.precision.evaluator import VariantResult
 from assd.precision.report import REPORT_FILES, write_report
 from assd.precision.search import LayerSensitivity, SearchResult, analyze, greedy_order, search
 from assd.precision.setup import (
@@ -61,6 +64,9 @@ class DebugOptions:
     metric: str | None = None
     verify_data: str | None = None  # verification images (default: every image of data)
     accept: str = "conservative"  # the tolerance is checked on Δ's conservative bound, or its point estimate
+    backend: str = "auto"  # where variants and the verification run: auto/onnxruntime, or openvino (the CPU target)
+    threads: int | None = None  # ONNX Runtime's intra-op threads / OpenVINO's INFERENCE_NUM_THREADS (None: theirs)
+    performance_hint: str | None = None  # OpenVINO's PERFORMANCE_HINT (latency, throughput)
 
     def report_folder(self) -> Path:
         if self.report_dir:
@@ -112,6 +118,7 @@ def check_options(options: DebugOptions) -> float:
     if options.calibration is not None and options.precision == "int8":
         _check_calibration(options.calibration)
     check_reference(options.reference)
+    check_backend(options)
     calibration = options.calibration if options.precision == "int8" else None
     report = options.report_folder()
     if report.exists() and not report.is_dir():
@@ -121,6 +128,12 @@ def check_options(options: DebugOptions) -> float:
                         [options.data, options.verify_data, calibration.data if calibration else None],
                         folders={"--report": (report, tuple(REPORT_FILES.values()))})
     return tolerance
+
+
+def check_backend(options: DebugOptions) -> PrecisionBackend:
+    """``--backend`` (auto/onnxruntime or openvino), ``--threads`` and ``--performance-hint``, before any work."""
+    return choose_precision_backend(options.onnx, options.backend, options.threads, options.performance_hint,
+                                    options.precision)
 
 
 def check_reference(reference: str) -> None:
@@ -167,7 +180,7 @@ def kept_layers(setup: PrecisionSetup, result: SearchResult, sensitivities: list
 
 
 def make_recipe(setup: PrecisionSetup, all_low: VariantResult, kept: list[LayerSensitivity], result: SearchResult,
-                verification: Verification, tolerance: float) -> Recipe:
+                verification: Verification, tolerance: float, backend: dict | None = None) -> Recipe:
     layers = []
     for s in kept:
         why = [(f"kept high alone: Δ {s.kept_high.delta_points:+.2f} points (every layer low: "
@@ -181,10 +194,11 @@ def make_recipe(setup: PrecisionSetup, all_low: VariantResult, kept: list[LayerS
     return Recipe(setup.precision, layers, model=setup.metadata.model_config.name, tolerance_points=tolerance,
                   delta_map_points={"low": round(all_low.delta_points, 4),
                                     "final": round(verification.delta_points, 4)},
-                  calibration=setup.calibration)
+                  calibration=setup.calibration, backend=backend)
 
 
-def _verifier(options: DebugOptions, setup: PrecisionSetup, metadata, echo: Callable[[str], None]) -> Verifier:
+def _verifier(options: DebugOptions, setup: PrecisionSetup, metadata, echo: Callable[[str], None],
+              backend: PrecisionBackend) -> Verifier:
     """The verification images (every image of --verify-data, else of --data) and the reference on them."""
     spec = options.verify_data or options.data
     dataset = verification_dataset(spec, metadata, options.onnx, "--verify-data" if options.verify_data else "--data")
@@ -193,7 +207,8 @@ def _verifier(options: DebugOptions, setup: PrecisionSetup, metadata, echo: Call
         echo(f"warning: --images {options.images} takes every image of --data: no image is held out from the search "
              "(pass --verify-data, or more images in --data, for an independent check)")
     _result, reference = reference_result(options.reference, dataset, metadata, options.metric, echo)
-    return Verifier(spec, dataset, setup.images, same, metadata, reference, setup.evaluator.metric, options.accept)
+    return Verifier(spec, dataset, setup.images, same, metadata, reference, setup.evaluator.metric, options.accept,
+                    backend.runner_options())
 
 
 def _search_and_verify(setup: PrecisionSetup, sensitivities: list[LayerSensitivity], tolerance: float,
@@ -218,6 +233,7 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
     from assd.export.onnx_export import check_and_serialize
 
     tolerance = check_options(options)
+    backend = check_backend(options)
     started = time.perf_counter()
     model, metadata = load_fp32_source(options.onnx, options.output, options.precision)
     calibration = options.calibration or CalibrationRequest(data=options.data)
@@ -226,13 +242,16 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
     seconds = {}
     with private_workdir() as workdir:
         setup = prepare(options.onnx, model, metadata, options.precision, images, reference, options.reference,
-                        calibration, workdir, options.metric, echo)
-    verifier = _verifier(options, setup, metadata, echo)
+                        calibration, workdir, options.metric, echo, backend)
+    verifier = _verifier(options, setup, metadata, echo, backend)
     seconds["setup"] = time.perf_counter() - started
     if options.precision == "fp16":
         report_fp16_range(model, metadata, images, options.data, echo)
-    echo(f"{len(setup.layers)} {options.precision} layers; ONNX Runtime CPU, {available_threads()} threads, "
-         f"{len(images)} search images per variant, {len(verifier.dataset)} verification images")
+    where = backend.describe(setup.evaluator.threads)
+    if backend.real_graphs:
+        where += " (every variant the real graph, as deployed)"
+    echo(f"{len(setup.layers)} {options.precision} layers; {where}, {len(images)} search images per variant, "
+         f"{len(verifier.dataset)} verification images")
     mark = time.perf_counter()
     step = max(len(setup.layers) // 4, 1)
 
@@ -256,7 +275,8 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
         echo(f"warning: ±{tolerance:g} points needs about {debug.images_needed} verification images here (the 95 % "
              f"interval of Δ is ±{verification.interval.half_width:.2f} on {verification.images}; it shrinks as "
              "1/sqrt(images)); --images and the data are below that")
-    recipe = dataclasses.replace(make_recipe(setup, all_low, kept, result, verification, tolerance), run_id=run_id)
+    recipe = dataclasses.replace(make_recipe(setup, all_low, kept, result, verification, tolerance,
+                                             backend.to_dict(setup.evaluator.threads)), run_id=run_id)
     debug.files = write_report(options.report_folder(), debug, recipe, options)  # the report first, the graph last:
     atomic_write_bytes(options.output, graph)  # a graph always has its report (assd.calibration.run_set)
     debug.files["graph"] = str(options.output)
@@ -285,6 +305,7 @@ def check_result(debug: DebugResult) -> None:
         check = debug.verification
         needed = (f"; about {debug.images_needed} verification images would resolve ±{debug.tolerance:g}"
                   if debug.images_needed and debug.images_needed > check.images else "")
-        raise CheckFailed(f"the final graph ({len(debug.kept)} layers high) has {check.text()}: checked |Δ| "
+        raise CheckFailed(f"the final graph ({len(debug.kept)} layers high) on {debug.setup.evaluator.backend.label} "
+                          f"has {check.text()}: checked |Δ| "
                           f"({check.accept}) {check.bound:.2f} exceeds ±{debug.tolerance:g} after {len(debug.rounds)} "
                           f"search rounds{needed}; the report says where the loss is")

@@ -1,4 +1,4 @@
-"""mAP and output error of precision variants, measured with ONNX Runtime on CPU on a small image set.
+"""mAP and output error of precision variants, measured on the CPU (ONNX Runtime or OpenVINO) on a small image set.
 
 The images are decoded once (``EvalImages``); every variant runs through the same pre-processing,
 post-processing and scoring as ``assd eval-engine`` (``assd.evaluation.predict_dataset`` and
@@ -7,11 +7,16 @@ post-processing and scoring as ``assd eval-engine`` (``assd.evaluation.predict_d
 Output error: ``||out - out_fp32|| / ||out_fp32||`` over all images, for ``loc`` and ``conf`` and per
 prediction map (its anchors' rows, and the map tensor the heads read: the attention unit's output),
 against the same graph with every layer high (the fp32 graph).
+
+On ONNX Runtime a variant is a feed of one switchable graph; on OpenVINO (``assd.precision.backend``) it
+is the real graph, compiled as ``eval-engine --backend openvino`` compiles it, with no extra outputs
+(so the map tensors' error is not measured there: exposing a tensor could change OpenVINO's fusions).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +25,7 @@ import torch
 
 from assd.evaluation import EvalResult, evaluate_detections, predict_dataset
 from assd.evaluation.evaluate import default_metric
+from assd.precision.backend import PrecisionBackend, compiled_graph
 from assd.precision.layers import PredictionMap
 from assd.precision.switch import add_outputs, flags
 from assd.precision.uncertainty import BOOTSTRAP_METRICS, Interval, Outcomes, paired_interval
@@ -117,14 +123,25 @@ class VariantResult:
 
 
 class VariantEvaluator:
-    """Runs variants of a switchable graph (``assd.precision.switch``) with ``layer_count`` switches."""
+    """Runs variants of a switchable graph (``assd.precision.switch``) with ``layer_count`` switches; on a
+    ``backend`` that compiles real graphs (OpenVINO), ``real_graph(low)`` is compiled instead (no switchable
+    graph: ``switchable`` may be None)."""
 
-    def __init__(self, switchable: onnx.ModelProto, layer_count: int, images: EvalImages, cfg,
+    def __init__(self, switchable: onnx.ModelProto | None, layer_count: int, images: EvalImages, cfg,
                  postprocess_cfg: PostprocessConfig, maps: list[PredictionMap], metric: str | None = None,
-                 batch_size: int | None = None, threads: int | None = None):
-        self.map_outputs = [m.tensor for m in maps if m.tensor]
-        add_outputs(switchable, self.map_outputs, float_names=set(self.map_outputs))  # (in place)
-        self.session = open_session(switchable, threads)
+                 batch_size: int | None = None, threads: int | None = None, backend: PrecisionBackend | None = None,
+                 real_graph: Callable[[frozenset[int]], onnx.ModelProto] | None = None):
+        self.backend = backend or PrecisionBackend(threads=threads)
+        self.real_graph = real_graph
+        if self.backend.real_graphs:
+            if real_graph is None:
+                raise ValueError(f"{self.backend.name} evaluates real graphs: pass real_graph")
+            self.map_outputs, self.session, self.threads = [], None, None  # threads: the first compile's
+        else:
+            self.map_outputs = [m.tensor for m in maps if m.tensor]
+            add_outputs(switchable, self.map_outputs, float_names=set(self.map_outputs))  # (in place)
+            self.threads = self.backend.threads or threads or available_threads()
+            self.session = open_session(switchable, self.threads)
         self.layer_count, self.images, self.cfg = layer_count, images, cfg
         self.postprocess_cfg, self.maps = postprocess_cfg, maps
         self.metric = metric or default_metric(images)
@@ -137,11 +154,14 @@ class VariantEvaluator:
         self.reference_outcomes: Outcomes | None = None
         self.fp32_outputs: list[np.ndarray] | None = None
 
-    def _outputs(self, session, feed: dict, names: list[str]) -> tuple[list, list[np.ndarray]]:
-        captured: list[list[np.ndarray]] = [[] for _ in names]
+    def _outputs(self, run: Callable[[torch.Tensor], list[np.ndarray]]) -> tuple[list, list[np.ndarray]]:
+        """Detections and concatenated outputs (loc, conf, then any map tensors) of ``run`` on the images."""
+        captured: list[list[np.ndarray]] = []
 
         def infer(images: torch.Tensor):
-            values = session.run(names, {"images": images.numpy(), **feed})
+            values = run(images)
+            if not captured:
+                captured.extend([] for _ in values)
             for store, value in zip(captured, values):
                 store.append(value)
             return torch.from_numpy(values[0]), torch.from_numpy(values[1])
@@ -150,8 +170,19 @@ class VariantEvaluator:
         self.runs += 1
         return detections, [np.concatenate(store) for store in captured]
 
+    def _session_outputs(self, session, feed: dict, names: list[str]) -> tuple[list, list[np.ndarray]]:
+        return self._outputs(lambda images: session.run(names, {"images": images.numpy(), **feed}))
+
+    def _compiled_outputs(self, model: onnx.ModelProto) -> tuple[list, list[np.ndarray]]:
+        """The real graph ``model`` compiled on the backend (OpenVINO), as eval-engine opens it."""
+        with compiled_graph(model, self.backend) as runner:
+            self.threads = self.threads or getattr(runner, "threads", None)
+            return self._outputs(lambda images: [value.numpy() for value in runner.infer(images)])
+
     def _variant(self, low: set[int]) -> tuple[list, list[np.ndarray]]:
-        return self._outputs(self.session, flags(self.layer_count, low), ["loc", "conf", *self.map_outputs])
+        if self.backend.real_graphs:
+            return self._compiled_outputs(self.real_graph(frozenset(low)))
+        return self._session_outputs(self.session, flags(self.layer_count, low), ["loc", "conf", *self.map_outputs])
 
     def outcomes(self, detections) -> Outcomes | None:
         """The detections matched once, for the bootstrap (None for a metric without one)."""
@@ -219,9 +250,12 @@ class VariantEvaluator:
     def evaluate_model(self, model: onnx.ModelProto) -> VariantResult:
         """mAP, Δ mAP and output errors of a real (non-switchable) graph, e.g. the final one, on the same
         images (its prediction maps are exposed as extra outputs for the per-map errors)."""
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        exposed = add_outputs(model, self.map_outputs)
-        detections, outputs = self._outputs(open_session(model), {}, ["loc", "conf", *exposed])
+        if self.backend.real_graphs:
+            detections, outputs = self._compiled_outputs(model)
+        else:
+            model = onnx.ModelProto.FromString(model.SerializeToString())
+            exposed = add_outputs(model, self.map_outputs)
+            detections, outputs = self._session_outputs(open_session(model, self.threads), {}, ["loc", "conf", *exposed])
         result = evaluate_detections(detections, self.images, self.metric, self.postprocess_cfg)
         variant = VariantResult(frozenset(), result, 100 * (result.mAP - self.reference.mAP),
                                 outcomes=self.outcomes(detections))

@@ -26,10 +26,14 @@ def _map_rows(low: VariantResult, final: VariantResult) -> list[str]:
             "| conf err (final) | map tensor err (final) |"), "|---|---|---|---|---|---|---|---|"]
     for a, b in zip(low.per_map, final.per_map):
         size = "x".join(str(v) for v in a["size"])
-        rows.append(f"| {a['map']} | {size} | {a['loc_error']:.4f} | {a['conf_error']:.4f} | "
-                    f"{a.get('map_error', float('nan')):.4f} | {b['loc_error']:.4f} | {b['conf_error']:.4f} | "
-                    f"{b.get('map_error', float('nan')):.4f} |")
+        rows.append(f"| {a['map']} | {size} | {a['loc_error']:.4f} | {a['conf_error']:.4f} | {_map_error(a)} | "
+                    f"{b['loc_error']:.4f} | {b['conf_error']:.4f} | {_map_error(b)} |")
     return rows
+
+
+def _map_error(entry: dict) -> str:
+    """The map tensor's error, '-' where it is not measured (OpenVINO runs the graphs as they deploy)."""
+    return f"{entry['map_error']:.4f}" if "map_error" in entry else "-"
 
 
 def _delta(result: VariantResult | None) -> str:
@@ -104,7 +108,10 @@ def markdown(debug, recipe: Recipe, options) -> str:
              f"{setup.precision})"), "",
              (f"- reference `{setup.reference_name}`: {reference.metric} mAP {100 * reference.mAP:.2f} on the search "
               f"images, {100 * verification.reference.mAP:.2f} on the verification images"),
-             *_verification_lines(debug, options)]
+             *_verification_lines(debug, options),
+             (f"- backend: {setup.evaluator.backend.describe(setup.evaluator.threads)}"
+              + ("; every variant and the verification ran the real graph (int8 kernels), as eval-engine "
+                 "--backend openvino runs it; kept layers are fp32" if setup.evaluator.backend.real_graphs else ""))]
     if setup.calibration:
         calibration = setup.calibration
         line = (f"- calibration: {calibration['method']} ranges from {calibration['images']} images of "
@@ -124,7 +131,7 @@ def markdown(debug, recipe: Recipe, options) -> str:
               + ("meets the tolerance" if debug.met else "**does not meet the tolerance**"),
               (f"- time: setup {debug.seconds['setup']:.0f} s, sensitivity {debug.seconds['sensitivity']:.0f} s, "
               f"search {debug.seconds['search']:.0f} s, total {debug.seconds['total']:.0f} s ({evaluated} variants "
-              "evaluated, ONNX Runtime CPU)")]
+              f"evaluated, {setup.evaluator.backend.label} CPU)")]
     lines += _rounds(debug)
     lines += ["", "## Layers kept in higher precision", ""]
     if recipe.kept_high:
@@ -216,7 +223,8 @@ def as_json(debug, recipe: Recipe, options) -> dict:
             "metric": setup.reference.metric, "verification": debug.verification.to_dict(), "rounds": debug.rounds,
             "images_needed": debug.images_needed,
             "reference": {"artifact": setup.reference_name, "mAP": 100 * setup.reference.mAP},
-            "calibration": setup.calibration, "tolerance_points": debug.tolerance, "all_low": variant(debug.all_low),
+            "calibration": setup.calibration, "backend": recipe.backend, "tolerance_points": debug.tolerance,
+            "all_low": variant(debug.all_low),
             "final": {**variant(debug.final), "graph": str(options.output), "met": debug.met,
                       "kept_high": [s.layer.name for s in debug.kept],
                       "kept_macs_share": sum(s.layer.share for s in debug.kept)},

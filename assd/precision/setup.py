@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import onnx
@@ -28,6 +29,7 @@ from assd.calibration.quantize import (
 from assd.calibration.recipe import set_kept_high
 from assd.errors import UserError
 from assd.evaluation import EvalResult, check_class_names, evaluate_detections, predict_dataset
+from assd.precision.backend import PrecisionBackend
 from assd.precision.evaluator import EvalImages, VariantEvaluator, VariantResult
 from assd.precision.layers import Layer, fp16_blocked_nodes, fp16_layers, int8_layers, prediction_maps
 from assd.precision.switch import fp16_switchable, int8_switchable
@@ -74,10 +76,17 @@ class PrecisionSetup:
         """The real graph with ``kept`` layers in higher precision, its metadata and ``assd.kept_high`` set."""
         if self.precision == "fp16":
             return fp16_graph(self.fp32_model, self.metadata, kept)
-        model = keep_layers_high(self.qdq_model, self.fp32_model, [layer.node for layer in kept])
-        set_metadata(model, dataclasses.replace(self.metadata, precision="int8"))
-        set_kept_high(model, "int8", [layer.name for layer in kept])
-        return model
+        return int8_graph(self.qdq_model, self.fp32_model, self.metadata, kept)
+
+
+def int8_graph(qdq_model: onnx.ModelProto, fp32_model: onnx.ModelProto, metadata: OnnxMetadata,
+               kept: list[Layer]) -> onnx.ModelProto:
+    """The Q/DQ graph with ``kept`` layers in fp32 (their Convs read float tensors and fp32 weights),
+    metadata and kept layers set."""
+    model = keep_layers_high(qdq_model, fp32_model, [layer.node for layer in kept])
+    set_metadata(model, dataclasses.replace(metadata, precision="int8"))
+    set_kept_high(model, "int8", [layer.name for layer in kept])
+    return model
 
 
 def fp16_graph(fp32_model: onnx.ModelProto, metadata: OnnxMetadata, kept: list[Layer]) -> onnx.ModelProto:
@@ -137,24 +146,35 @@ def reference_result(reference: str, images, metadata: OnnxMetadata, metric: str
     return result, detections
 
 
-def _evaluator(switchable: onnx.ModelProto, count: int, images: EvalImages, metadata: OnnxMetadata,
-               fp32_model: onnx.ModelProto, metric: str | None) -> VariantEvaluator:
-    return VariantEvaluator(switchable, count, images, metadata.model_config,
+def _evaluator(switchable: Callable[[], onnx.ModelProto], graph: Callable[[list[Layer]], onnx.ModelProto],
+               layers: list[Layer], images: EvalImages, metadata: OnnxMetadata, fp32_model: onnx.ModelProto,
+               metric: str | None, backend: PrecisionBackend | None) -> VariantEvaluator:
+    """The evaluator of ``layers``' variants: one switchable graph (``switchable()``, ONNX Runtime) or, on a
+    backend that compiles real graphs (OpenVINO), ``graph(kept layers)`` per variant."""
+    backend = backend or PrecisionBackend()
+
+    def real_graph(low: frozenset[int]) -> onnx.ModelProto:
+        return graph([layer for i, layer in enumerate(layers) if i not in low])
+
+    return VariantEvaluator(None if backend.real_graphs else switchable(), len(layers), images, metadata.model_config,
                             PostprocessConfig.from_dict(metadata.postprocess),
                             prediction_maps(fp32_model, metadata.model_config), metric=metric,
-                            batch_size=metadata.fixed_batch)
+                            batch_size=metadata.fixed_batch, backend=backend,
+                            real_graph=real_graph if backend.real_graphs else None)
 
 
 def prepare(onnx_path: str, fp32_model: onnx.ModelProto, metadata: OnnxMetadata, precision: str,
             images: EvalImages, reference: tuple[EvalResult, list] | None, reference_name: str,
             calibration: CalibrationRequest | None, workdir: Path, metric: str | None = None,
-            echo: Callable[[str], None] = print) -> PrecisionSetup:
+            echo: Callable[[str], None] = print, backend: PrecisionBackend | None = None) -> PrecisionSetup:
     """The ``PrecisionSetup`` of the fp32 graph ``onnx_path`` (``fp32_model``) for ``precision``; ``reference``:
     (result, detections) of the reference on ``images``, None: the fp32 graph itself is the reference. With
-    ``--method auto`` the method is chosen on ``images`` (the search images; verification comes later)."""
+    ``--method auto`` the method is chosen on ``images`` (the search images; verification comes later).
+    ``backend``: where variants run (``assd.precision.backend``; default ONNX Runtime)."""
     if precision == "fp16":
         layers = fp16_layers(fp32_model)
-        evaluator = _evaluator(fp16_switchable(fp32_model, layers), len(layers), images, metadata, fp32_model, metric)
+        evaluator = _evaluator(lambda: fp16_switchable(fp32_model, layers), partial(fp16_graph, fp32_model, metadata),
+                               layers, images, metadata, fp32_model, metric, backend)
         evaluator.set_reference(reference)
         return PrecisionSetup("fp16", fp32_model, metadata, layers, evaluator, images, reference_name)
     from assd.calibration.cache import sha256_file
@@ -171,8 +191,10 @@ def prepare(onnx_path: str, fp32_model: onnx.ModelProto, metadata: OnnxMetadata,
         qdq = build_qdq_model(copy, ranges[method], workdir)
         order = {node.name: i for i, node in enumerate(fp32_model.graph.node)}
         quantized = sorted(qdq_layers(qdq, fp32_model), key=lambda layer: order[layer.node])
-        evaluator = _evaluator(int8_switchable(qdq, fp32_model, quantized), len(quantized), images, metadata,
-                               fp32_model, metric)
+        layers = int8_layers(quantized, fp32_model)
+        evaluator = _evaluator(partial(int8_switchable, qdq, fp32_model, quantized),
+                               partial(int8_graph, qdq, fp32_model, metadata), layers, images, metadata, fp32_model,
+                               metric, backend)
         evaluator.set_reference(reference, shared=first)  # the fp32 run is shared by the methods
         first = first or evaluator
         plain: VariantResult = evaluator.evaluate(range(len(quantized)))
@@ -181,7 +203,7 @@ def prepare(onnx_path: str, fp32_model: onnx.ModelProto, metadata: OnnxMetadata,
             echo(f"  {method:<10} plain int8: {plain.result.metric} mAP {plain.map_points:.2f} "
                  f"(Δ {plain.delta_points:+.2f} points, loc error {plain.loc_error:.3f}, conf error {plain.conf_error:.3f})")
         if best is None or abs(plain.delta_points) < abs(deltas[best.method]) - 1e-9:
-            best = PrecisionSetup("int8", fp32_model, metadata, int8_layers(quantized, fp32_model), evaluator,
+            best = PrecisionSetup("int8", fp32_model, metadata, layers, evaluator,
                                   images, reference_name, qdq, method)
     best.method_deltas = deltas if len(methods) > 1 else {}
     best.calibration = {"method": best.method, "requested": calibration.method, "images": images_used,

@@ -55,6 +55,7 @@ class Verification:
     interval: Interval | None
     held_out: Interval | None
     accept: str = "conservative"  # what the tolerance is checked against (ACCEPT)
+    backend: str = "onnxruntime"  # the runtime that ran the graph (the runner eval-engine --backend opens)
 
     @property
     def delta_points(self) -> float:
@@ -89,7 +90,7 @@ class Verification:
                 "reference_mAP": 100 * self.reference.mAP, "delta_map_points": self.delta_points,
                 "interval": self.interval and self.interval.to_dict(),
                 "held_out": self.held_out and self.held_out.to_dict(), "checked_abs_points": self.bound,
-                "accept": self.accept, "rule": self.rule}
+                "accept": self.accept, "rule": self.rule, "backend": self.backend}
 
 
 def verification_dataset(data_spec: str, metadata: OnnxMetadata, source: str, option: str):
@@ -114,9 +115,10 @@ class Verifier:
     ``EvalImages`` of the same dataset when ``same_data``, so the held-out images are the others)."""
 
     def __init__(self, data_spec: str, dataset, search: EvalImages, same_data: bool, metadata: OnnxMetadata,
-                 reference: Sequence, metric: str | None = None, accept: str = "conservative"):
+                 reference: Sequence, metric: str | None = None, accept: str = "conservative",
+                 runner_options: dict | None = None):
         self.data_spec, self.dataset, self.search_count, self.metadata = data_spec, dataset, len(search), metadata
-        self.accept = accept
+        self.accept, self.runner_options = accept, runner_options or {}
         self.postprocess_cfg = PostprocessConfig.from_dict(metadata.postprocess)
         self.metric = metric or default_metric(dataset)
         self.annotations = [dataset.annotation(i) for i in range(len(dataset))]
@@ -130,8 +132,9 @@ class Verifier:
         return Outcomes(detections, self.annotations, self.num_classes) if self.metric in BOOTSTRAP_METRICS else None
 
     def verify(self, model: onnx.ModelProto) -> Verification:
-        """``model`` (a real graph) run on every verification image (ONNX Runtime, CPU) and compared."""
-        detections = graph_detections(model, self.dataset, self.metadata)
+        """``model`` (a real graph) run on every verification image (the runner of ``runner_options``: ONNX
+        Runtime by default, or OpenVINO; CPU) and compared."""
+        detections = graph_detections(model, self.dataset, self.metadata, self.runner_options)
         result = evaluate_detections(detections, self.dataset, self.metric, self.postprocess_cfg)
         outcomes = self._outcomes(detections)
         whole = held_out = None
@@ -142,14 +145,16 @@ class Verifier:
             elif len(self.held_out):
                 held_out = paired_interval(self.reference_outcomes, outcomes, self.metric, subset=self.held_out)
         return Verification(self.data_spec, result, self.reference, len(self.dataset), self.search_count,
-                            len(self.held_out), whole, held_out, self.accept)
+                            len(self.held_out), whole, held_out, self.accept,
+                            self.runner_options.get("backend") or "onnxruntime")
 
 
-def graph_detections(model: onnx.ModelProto, dataset, metadata: OnnxMetadata) -> list:
-    """Detections of the graph ``model`` on ``dataset`` through the runtime's ONNX Runtime runner (CPU), as
-    ``assd eval-engine`` runs it: the debugger's own sessions (``open_session``) round some int8 details
-    differently (measured: 0.6 mAP points apart on 16 images), and a verification must measure what
-    eval-engine on the same data will. For the gate, the fp32 graph's detections are the reference."""
+def graph_detections(model: onnx.ModelProto, dataset, metadata: OnnxMetadata, runner_options: dict | None = None) -> list:
+    """Detections of the graph ``model`` on ``dataset`` through the runtime's runner (CPU; ONNX Runtime, or
+    ``runner_options``' backend, threads and hint: OpenVINO), as ``assd eval-engine`` runs it: the debugger's
+    own sessions (``open_session``) round some int8 details differently (measured: 0.6 mAP points apart on
+    16 images), and a verification must measure what eval-engine on the same data will. For the gate, the
+    fp32 graph's detections are the reference."""
     from assd.calibration.paths import private_workdir
     from assd.export.onnx_export import check_and_serialize
     from assd.runtime.runners import open_runner
@@ -157,7 +162,7 @@ def graph_detections(model: onnx.ModelProto, dataset, metadata: OnnxMetadata) ->
     with private_workdir() as folder:
         path = folder / "verified.onnx"
         path.write_bytes(check_and_serialize(model))
-        runner = open_runner(str(path), device="cpu")
+        runner = open_runner(str(path), device="cpu", **(runner_options or {}))
         return predict_dataset(runner.infer_outputs, dataset, runner.cfg, PostprocessConfig.from_dict(runner.postprocess),
                                batch_size=metadata.fixed_batch or BATCH, device=runner.device)
 
