@@ -151,3 +151,29 @@ def test_debug_precision_on_openvino_end_to_end_agrees_with_eval_engine(mini, tm
     assert not [init.name for init in graph.graph.initializer if init.data_type == onnx.TensorProto.FLOAT16]
     assert not [n.name for n in graph.graph.node if n.op_type == "Cast"
                 and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)]
+
+
+def _conv_precisions(runner) -> set[str]:
+    """The precisions OpenVINO's compiled model runs its Convolutions in (runtime model's rt_info)."""
+    found = set()
+    for op in runner.compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) == "Convolution":
+            found.add(info["runtimePrecision"].astype(str))
+    return found
+
+
+@needs_openvino
+def test_openvino_runs_fp16_layers_in_fp32_so_the_cpu_target_keeps_layers_fp32(mini, tmp_path):
+    """Why --precision fp16 is refused on OpenVINO and kept layers are fp32 (docs/cpu.md): with the runner's
+    INFERENCE_PRECISION_HINT f32 an fp16 graph's Convs run in f32, while the int8 graph's run in i8."""
+    from assd.calibration import quantize_int8
+    from assd.export.fp16 import write_fp16_onnx
+    from assd.runtime.runners import open_runner
+
+    _checkpoint, onnx_path = mini
+    fp16, int8 = tmp_path / "mini.fp16.onnx", tmp_path / "mini.int8.onnx"
+    write_fp16_onnx(str(onnx_path), str(fp16))
+    quantize_int8(str(onnx_path), str(int8), DATA, num_images=4, method="max", echo=lambda _: None)
+    assert _conv_precisions(open_runner(str(fp16), backend="openvino")) == {"f32"}
+    assert _conv_precisions(open_runner(str(int8), backend="openvino")) == {"i8"}
