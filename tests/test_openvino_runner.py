@@ -132,11 +132,24 @@ def test_bench_times_each_artifact_on_the_backends_that_run_it(graphs):
     assert artifact_backends(str(graphs["pt"]), ["onnxruntime", "openvino"]) == ["torch"]
     assert artifact_backends(str(graphs["onnx"]), ["auto", "onnxruntime"]) == ["onnxruntime"]
     assert artifact_backends(str(graphs["onnx"]), None) == ["onnxruntime"]
+    everything = ["torch", "torch-compile", "onnxruntime", "openvino"]
+    assert artifact_backends(str(graphs["pt"]), everything) == ["torch", "torch-compile"]
+    assert artifact_backends(str(graphs["onnx"]), everything) == ["onnxruntime", "openvino"]
+
+
+def test_torch_compile_is_a_backend_of_checkpoints(graphs):
+    """``--backend torch-compile`` (bench: beside ``torch``, one interleaved run) compiles the checkpoint."""
+    eager = open_runner(str(graphs["pt"]), backend="torch")
+    compiled = open_runner(str(graphs["pt"]), backend="torch-compile")
+    assert (eager.backend, compiled.backend) == ("torch", "torch-compile")
+    assert eager.module is not compiled.module and hasattr(compiled.module, "_orig_mod")
+    with pytest.raises(UserError, match="cannot run an ONNX graph"):
+        open_runner(str(graphs["onnx"]), backend="torch-compile")
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--backend", "openvino"], "cannot run a checkpoint (it runs on torch)"),
-    (["--backend", "tvm"], "--backend tvm: use auto, torch, onnxruntime, openvino, tensorrt"),
+    (["--backend", "openvino"], "cannot run a checkpoint (it runs on torch or torch-compile)"),
+    (["--backend", "tvm"], "--backend tvm: use auto, torch, torch-compile, onnxruntime, openvino, tensorrt"),
     (["--backend", "onnxruntime,openvino"], "runs the artifact on one backend"),
     (["--threads", "0"], "--threads"),
 ])

@@ -64,7 +64,8 @@ def choose_backend(artifact: str, backend: str | None) -> str:
     if backend in (None, "auto"):
         return allowed[0]
     if backend not in allowed:
-        raise UserError(f"{artifact}: --backend {backend} cannot run a {artifact_kind(artifact)} "
+        kind = {"checkpoint": "a checkpoint", "onnx": "an ONNX graph", "engine": "a TensorRT engine"}
+        raise UserError(f"{artifact}: --backend {backend} cannot run {kind[artifact_kind(artifact)]} "
                         f"(it runs on {' or '.join(allowed)}): use --backend {allowed[0]} or auto")
     return backend
 
