@@ -68,7 +68,7 @@ class CpuQuantizeResult:
     images_used: int
     int8_convs: int  # Convs with Q/DQ on input, weight and output (ONNX Runtime fuses them to QLinearConv)
     int8_adds: int  # residual Adds with Q/DQ on both inputs and the output (QLinearAdd)
-    float_nodes: list[str]  # Conv/Relu/Add nodes left in float (attention, post-processing, no range)
+    float_nodes: list[str]  # nodes kept in float: attention, post-processing, Relu/Add without a range
 
 
 def cpu_ranges(graph: onnx.GraphProto, ranges: Ranges, excluded: list[str]) -> tuple[Ranges, list[str]]:
@@ -207,6 +207,7 @@ def calibrate_cpu_and_report(onnx_path: str, output: str, calib_data: str, num_i
     echo(f"wrote {output} (int8 for CPU runtimes, ONNX Runtime's QDQ format: {result.int8_convs} Conv and "
          f"{result.int8_adds} residual Add in int8 with Q/DQ on their outputs, {result.layout.weights} weights, "
          f"{result.layout.activations} activations, {method} ranges from {result.images_used} images; "
-         f"{len(result.float_nodes)} Conv/Relu/Add nodes (attention, post-processing) kept in float; "
+         f"{len(result.float_nodes)} nodes kept in float: the attention units' MatMul, Softmax and residual Add, "
+         "any post-processing; "
          "not for TensorRT engines)")
     return result, report_parity(onnx_path, output, calib_data, parity_images, echo)
