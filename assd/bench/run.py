@@ -54,6 +54,10 @@ def artifact_backends(artifact: str, backends: list[str] | None) -> list[str]:
     their order; none of them: its default."""
     runnable = backends_for(artifact)
     chosen = [runnable[0] if name == "auto" else name for name in backends or [] if name in ("auto", *runnable)]
+    if not chosen and "tensorrt" in (backends or []) and "onnxruntime" in runnable:
+        from assd.runtime.int8_target import refuse_cpu_target
+
+        refuse_cpu_target(artifact, "--backend tensorrt")  # a cpu-target graph never becomes an engine
     return list(dict.fromkeys(chosen)) or [runnable[0]]
 
 

@@ -57,6 +57,7 @@ from assd.calibration.placement import (
 from assd.calibration.recipe import resolve_layers, set_kept_high
 from assd.errors import UserError
 from assd.export.fp16 import POSTPROCESS_PREFIX, attention_nodes
+from assd.runtime.int8_target import Int8Layout, set_int8_layout
 from assd.runtime.metadata import OnnxMetadata, load_fp32_source, set_metadata
 from assd.utils import atomic_write_bytes
 
@@ -65,6 +66,8 @@ DEFAULT_IMAGES = 500
 DEFAULT_PERCENTILE = 99.999
 QUANTIZED_OP_TYPES = ("Conv",)
 HISTOGRAM_BINS = 2048  # TensorRT's entropy calibrator uses 2048 bins as well
+TENSORRT_LAYOUT = Int8Layout(target="tensorrt", format="tensorrt-explicit-qdq", weights="int8 symmetric per-channel",
+                             activations="int8 symmetric per-tensor")
 CHUNK_IMAGES = 4  # images whose intermediate tensors are held in memory at once (~0.6 GB each for assd513)
 
 
@@ -262,12 +265,14 @@ def check_int8_outputs(onnx_path: str, output: str, cache_path: str | None, cali
 
 
 def write_int8_graph(model: onnx.ModelProto, metadata: OnnxMetadata, output: str,
-                     kept_high: list[str] | None = None) -> OnnxMetadata:
-    """Set the int8 metadata (and the kept-high layers) on ``model`` and write it atomically."""
+                     kept_high: list[str] | None = None, layout: Int8Layout = TENSORRT_LAYOUT) -> OnnxMetadata:
+    """Set the int8 metadata (the target runtime's ``layout``, the kept-high layers) on ``model`` and write it
+    atomically."""
     from assd.export.onnx_export import check_and_serialize
 
     int8_metadata = dataclasses.replace(metadata, precision="int8")
     set_metadata(model, int8_metadata)
+    set_int8_layout(model, layout)
     if kept_high:
         set_kept_high(model, "int8", kept_high)
     atomic_write_bytes(output, check_and_serialize(model))

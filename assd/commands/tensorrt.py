@@ -57,19 +57,28 @@ def _gate_request(max_delta_map, keep_high, eval_data, eval_images, accept):
 @click.option("--calib-data", required=True,
               help="Calibration images: a folder, or voc:ROOT[:SETS], coco:IMAGES:JSON, synthetic[:N].")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .int8.onnx file.")
+@click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
+              help="Runtime the graph is laid out for: tensorrt (TensorRT's Q/DQ pattern; what build-engine takes) or "
+                   "cpu (ONNX Runtime's QDQ format with Q/DQ on Conv outputs: int8 kernels on ONNX Runtime's CPU "
+                   "provider and OpenVINO; docs/cpu.md).")
 @_calibration_options
 @click.option("--calib-percentile", type=float, default=99.999, show_default=True,
               help="Percentile of |x| kept (--calib-method percentile).")
 @click.option("--parity-images", type=int, default=8, show_default=True,
               help="Images of --calib-data for the int8-vs-fp32 parity report (0: skip).")
 @_gate_options
-def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method, calib_cache, calib_percentile,
+def calibrate_command(onnx_file, calib_data, output, target, calib_images, calib_method, calib_cache, calib_percentile,
                       parity_images, max_delta_map, keep_high, eval_data, eval_images, accept):
-    """INT8 post-training quantization of the fp32 ONNX_FILE to a Q/DQ graph (TensorRT's explicit
-    quantization): per-channel int8 Conv weights, calibrated per-tensor activations, attention in float."""
+    """INT8 post-training quantization of the fp32 ONNX_FILE to a Q/DQ graph (--target tensorrt: TensorRT's explicit
+    quantization; cpu: ONNX Runtime's QDQ format): per-channel int8 Conv weights, calibrated per-tensor activations,
+    attention in float."""
     from assd.calibration.workflow import calibrate_and_report, check_calibrate_options, report_parity
 
     check_calibrate_options(calib_images, calib_percentile, parity_images)
+    if target == "cpu":
+        _calibrate_cpu(onnx_file, calib_data, output, calib_images, calib_method, calib_cache, calib_percentile,
+                       parity_images, max_delta_map, keep_high)
+        return
     if calib_method == "auto" or max_delta_map is not None or keep_high:
         from assd.precision.gate import gate_graph
         from assd.precision.setup import CalibrationRequest
@@ -83,6 +92,23 @@ def calibrate_command(onnx_file, calib_data, output, calib_images, calib_method,
     calibrate_and_report(onnx_file, output, calib_data, num_images=calib_images, method=calib_method,
                          cache_path=calib_cache, percentile=calib_percentile, parity_images=parity_images,
                          echo=click.echo)
+
+
+def _calibrate_cpu(onnx_file, calib_data, output, calib_images, calib_method, calib_cache, calib_percentile,
+                   parity_images, max_delta_map, keep_high):
+    """``calibrate --target cpu`` (assd.calibration.cpu_target); the accuracy gate is TensorRT-target only."""
+    from assd.calibration.cpu_target import calibrate_cpu_and_report
+    from assd.errors import UserError
+
+    gated = [name for name, value in (("--calib-method auto", calib_method == "auto"),
+                                      ("--max-delta-map", max_delta_map is not None), ("--keep-high", keep_high))
+             if value]
+    if gated:
+        raise UserError(f"--target cpu: {', '.join(gated)} (the accuracy gate) works on the TensorRT-target graph only: "
+                        "drop it, or measure the cpu graph with 'assd eval-engine --reference'")
+    calibrate_cpu_and_report(onnx_file, output, calib_data, num_images=calib_images, method=calib_method,
+                             cache_path=calib_cache, percentile=calib_percentile, parity_images=parity_images,
+                             echo=click.echo)
 
 
 @click.command("build-engine")
@@ -124,7 +150,9 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
     )
     from assd.paths import check_outputs
     from assd.runtime.engine_info import sidecar_path
+    from assd.runtime.int8_target import refuse_cpu_target
 
+    refuse_cpu_target(onnx_file, "build-engine")
     if calib_method == "auto" and precision != "int8":
         from assd.errors import UserError
 

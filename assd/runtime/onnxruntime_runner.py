@@ -22,6 +22,7 @@ from assd.errors import UserError, short_reason
 from assd.runtime.base import Runner
 from assd.runtime.fp16_preview import preview_session
 from assd.runtime.graph_outputs import GraphOutputs
+from assd.runtime.int8_target import refuse_cpu_target
 from assd.runtime.metadata import read_metadata
 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -94,6 +95,7 @@ class OnnxRuntimeRunner(GraphOutputs, Runner):
         requested = requested_providers(self._provider(ort, device, provider))
         providers: list = list(requested)
         if requested[0] == PROVIDER_NAMES["tensorrt"]:
+            refuse_cpu_target(path, "ONNX Runtime's TensorRT provider")
             cache_dir = tensorrt_cache_dir(path)
             try:
                 cache_dir.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,10 @@ def choose_backend(artifact: str, backend: str | None) -> str:
     if backend in (None, "auto"):
         return allowed[0]
     if backend not in allowed:
+        if backend == "tensorrt" and artifact_kind(artifact) == "onnx":
+            from assd.runtime.int8_target import refuse_cpu_target
+
+            refuse_cpu_target(artifact, "a TensorRT engine")
         kind = {"checkpoint": "a checkpoint", "onnx": "an ONNX graph", "engine": "a TensorRT engine"}
         raise UserError(f"{artifact}: --backend {backend} cannot run {kind[artifact_kind(artifact)]} "
                         f"(it runs on {' or '.join(allowed)}): use --backend {allowed[0]} or auto")
