@@ -31,6 +31,7 @@ from assd.models.checkpoint import load_model, save_checkpoint
 from assd.precision.debugger import DebugOptions, debug_precision
 from assd.precision.search import ranked
 from assd.precision.setup import CalibrationRequest
+from assd.runtime.fp16_preview import has_float16
 from assd.runtime.metadata import read_metadata
 
 SIZE, IMAGES, DATA = 128, 16, "synthetic:16"
@@ -209,11 +210,13 @@ def test_build_engine_gate_searches_before_tensorrt_and_records_kept_layers(outl
               "--eval-images", str(SEARCH_IMAGES), "--accept", "point", "-o", str(engine)])
     captured = capsys.readouterr()
     assert exit_info.value.code == 2 and "TensorRT" in captured.err and "\n" not in captured.err.strip()
-    graph = tmp_path / "outlier.int8.onnx"  # the gate's graph; the engine stage composes it on an fp16 base
-    composed = precision_graph_path(str(graph), str(engine), "int8")
-    assert "bisecting" in captured.out and "verified on all 16" in captured.out and str(graph) in captured.out
-    assert str(composed) in captured.err
-    assert OUTLIER_LAYER in read_kept_high(graph) and OUTLIER_LAYER in read_kept_high(composed)
+    graph = tmp_path / "outlier.int8.onnx"  # the gate's graph: composed on an fp16 base, verified, then built
+    assert graph == precision_graph_path(str(onnx_path), str(engine), "int8")
+    assert "bisecting" in captured.out and "verified on all 16" in captured.out
+    assert f"wrote the int8 graph {graph}: verified: " in captured.out
+    assert f"the int8 graph is {graph} (outlier.int8.onnx verified, Δ mAP" in captured.err
+    assert OUTLIER_LAYER in read_kept_high(graph) and has_float16(onnx.load(str(graph)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outlier.int8.onnx"]  # no outlier.int8.int8.onnx
     assert not engine.exists()
 
 

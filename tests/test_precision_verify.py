@@ -87,7 +87,7 @@ def test_calib_method_auto_is_refused_before_any_work_where_it_does_not_apply(mi
     def expensive(*_args, **_kwargs):
         raise AssertionError("the gate started")
 
-    monkeypatch.setattr(gate, "gate_for_engine", expensive)
+    monkeypatch.setattr(gate, "gate_graph", expensive)
     for precision in (["--fp16"], []):
         _one_line_exit_2(["build-engine", str(mini_onnx), *precision, "--calib-method", "auto", "--eval-data",
                           "synthetic:4", "-o", str(tmp_path / "m.engine")], capsys, "--calib-method auto")

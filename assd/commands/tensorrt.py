@@ -31,9 +31,10 @@ def _gate_options(command):
     """The accuracy gate's options shared by 'calibrate' and 'build-engine' (assd.precision.gate)."""
     return _add_options(command, [
         click.option("--max-delta-map", type=float, default=None,
-                     help="Δ mAP budget in points: over it, layers are kept in fp32 until the graph is within it."),
+                     help="Δ mAP budget in points: over it, layers are kept high (out of int8; fp32 for fp16) until "
+                     "the graph is within it. build-engine verifies the graph it builds."),
         click.option("--keep-high", type=click.Path(dir_okay=False), default=None,
-                     help="A recipe.json from 'assd debug-precision': keep its layers in fp32 (no search)."),
+                     help="A recipe.json from 'assd debug-precision': keep its layers high (no search)."),
         click.option("--eval-data", default=None,
                      help="Annotated images for Δ mAP (default: --calib-data when it is a data spec)."),
         click.option("--eval-images", type=int, default=50, show_default=True,
@@ -138,16 +139,8 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
                          calib_method, calib_cache, max_delta_map, keep_high, eval_data, eval_images, accept,
                          version_compatible, hardware_compat, tf32):
     """Build a strongly typed TensorRT engine (+ OUTPUT.json sidecar) from an assd ONNX_FILE."""
-    import dataclasses
-
     from assd.data import data_spec_inputs
-    from assd.engine.build import (
-        CalibrationOptions,
-        EngineOptions,
-        build_engine,
-        check_options,
-        precision_graph_path,
-    )
+    from assd.engine.build import CalibrationOptions, EngineOptions, build_engine, precision_graph_path
     from assd.paths import check_outputs
     from assd.runtime.engine_info import sidecar_path
     from assd.runtime.int8_target import refuse_cpu_target
@@ -162,21 +155,10 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
     check_outputs([onnx_file, keep_high, *data_spec_inputs(calib_data), *data_spec_inputs(eval_data)],
                   files={"-o": output, "the engine sidecar": sidecar_path(output), "the precision graph": graph,
                          "--timing-cache": timing_cache, "--calib-cache": calib_cache}, kinds={"-o": "engine"})
-
+    gated = max_delta_map is not None or keep_high or calib_method == "auto"  # the accuracy gate makes the graph
     options = EngineOptions(
         precision=precision, batch=batch, workspace_gb=workspace, timing_cache=timing_cache,
         version_compatible=version_compatible, hardware_compat=hardware_compat, tf32=tf32,
-        calibration=CalibrationOptions(data=calib_data, images=calib_images, method=calib_method, cache=calib_cache))
-    if max_delta_map is not None or keep_high or calib_method == "auto":  # the accuracy gate makes the graph
-        from assd.precision.gate import gate_for_engine
-        from assd.precision.setup import CalibrationRequest
-
-        check_options(onnx_file, output, dataclasses.replace(
-            options, calibration=dataclasses.replace(options.calibration, method="entropy")))
-        calibration = CalibrationRequest(data=calib_data, images=calib_images, method=calib_method,
-                                         cache=calib_cache) if calib_data else None
-        onnx_file = gate_for_engine(onnx_file, output, precision, calibration,
-                                    _gate_request(max_delta_map, keep_high, eval_data, eval_images, accept),
-                                    echo=click.echo)
-        options = dataclasses.replace(options, precision=None, calibration=CalibrationOptions())  # graph made
+        calibration=CalibrationOptions(data=calib_data, images=calib_images, method=calib_method, cache=calib_cache),
+        gate=_gate_request(max_delta_map, keep_high, eval_data, eval_images, accept) if gated else None)
     build_engine(onnx_file, output, options, echo=click.echo)

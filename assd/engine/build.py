@@ -10,6 +10,8 @@ TensorRT installed?", then "is there a CUDA device?", then what this TensorRT an
 (``engine_info.check_build_target``) — on a machine without TensorRT/GPU the graph to build is still
 written, ready to be taken to a GPU machine. Float32 layers are built without TF32 unless ``tf32``:
 ASSD's unscaled attention scores (~1e5 with random weights) lose too much in TF32's 10-bit mantissa.
+With ``gate`` (``--max-delta-map`` / ``--keep-high`` / ``--calib-method auto``) the accuracy gate makes
+the graph (``assd.engine.gated``): it verifies the composed graph itself, and that file is built as is.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class EngineOptions:
     hardware_compat: str = "none"
     tf32: bool = False  # allow TF32 for float32 layers (TensorRT's default; off here, see the module docstring)
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    gate: object | None = None  # an ``assd.precision.gate.GateRequest``: the accuracy gate makes the graph
 
 
 def check_options(onnx_path: str, output: str, options: EngineOptions) -> tuple[OnnxMetadata, str, BatchRange]:
@@ -106,8 +109,15 @@ def check_options(onnx_path: str, output: str, options: EngineOptions) -> tuple[
     if precision == "int8" and metadata.precision == "fp32" and not options.calibration.data:
         raise UserError(f"{onnx_path}: --int8 from an fp32 graph needs calibration images: pass --calib-data SPEC "
                         "(a data spec or image folder), or an int8 graph made by 'assd calibrate'")
-    if precision == "int8" and options.calibration.method not in ("entropy", "percentile", "max"):
-        raise UserError(f"--calib-method {options.calibration.method}: choose entropy, percentile or max")
+    methods = ("entropy", "percentile", "max", "auto") if options.gate is not None else ("entropy", "percentile", "max")
+    if precision == "int8" and options.calibration.method not in methods:
+        raise UserError(f"--calib-method {options.calibration.method}: choose {', '.join(methods[:-1])} or {methods[-1]}"
+                        + ("" if options.gate is not None else " (auto chooses by Δ mAP: it needs the accuracy gate)"))
+    if options.gate is not None and precision not in ("int8", "fp16"):
+        raise UserError("--max-delta-map / --keep-high: choose --int8 or --fp16 (an fp32 engine has nothing to gate)")
+    if options.gate is not None and metadata.precision != "fp32":
+        raise UserError(f"{onnx_path}: is a {metadata.precision} graph; --max-delta-map / --keep-high / --calib-method "
+                        "auto start from the fp32 export (the gate compares against it and chooses what stays high)")
     return metadata, precision, BatchRange.parse(options.batch, metadata.fixed_batch)
 
 
@@ -121,9 +131,17 @@ def build_engine(onnx_path: str, output: str, options: EngineOptions,
                  echo: Callable[[str], None] = print) -> EngineInfo:
     """Build ``output`` (+ ``output.json``) from ``onnx_path``; see the module docstring for the order."""
     metadata, precision, batch = check_options(onnx_path, output, options)
-    graph = compose_precision_graph(onnx_path, output, metadata, precision, options.calibration, echo,
-                                    other_outputs={"--timing-cache": options.timing_cache})
-    where = f" (the {precision} graph is {graph}: build it on a GPU machine with 'assd build-engine {graph} -o {output}')"
+    gate = None
+    if options.gate is not None:  # the gate verifies the composed graph; that very file is built
+        from assd.engine.gated import gated_precision_graph
+
+        graph, gate = gated_precision_graph(onnx_path, output, metadata, precision, options, echo)
+    else:
+        graph = compose_precision_graph(onnx_path, output, metadata, precision, options.calibration, echo,
+                                        other_outputs={"--timing-cache": options.timing_cache})
+    verified = "" if gate is None else f" ({_gate_text(gate)})"
+    where = (f" (the {precision} graph is {graph}{verified}: build it on a GPU machine with 'assd build-engine {graph} "
+             f"-o {output}')")
     try:
         require_tensorrt("building a TensorRT engine")
     except UserError as exc:
@@ -131,25 +149,39 @@ def build_engine(onnx_path: str, output: str, options: EngineOptions,
     trt = import_tensorrt("building a TensorRT engine")
     capability, gpu_name = torch.cuda.get_device_capability(), torch.cuda.get_device_name()
     check_build_target(options.hardware_compat, options.version_compatible, trt.__version__, capability, gpu_name)
+    graph_sha256 = sha256_file(graph)
+    if gate is not None and gate.sha256 != graph_sha256:  # changed since the gate wrote it: not what was verified
+        raise UserError(f"{graph}: changed after the accuracy gate verified it (SHA-256 {graph_sha256[:12]}, verified "
+                        f"{gate.sha256[:12]}): run the build again")
     plan = _build_plan(trt, graph, metadata, precision, batch, options, echo)
     atomic_write_bytes(output, plan)
     info = EngineInfo(
         tensorrt_version=trt.__version__, gpu_name=gpu_name,
         compute_capability=f"{capability[0]}.{capability[1]}", precision=precision,
         input_shape=[3, metadata.model_config.input_size, metadata.model_config.input_size],
-        batch_min=batch.min, batch_opt=batch.opt, batch_max=batch.max, onnx_sha256=sha256_file(graph),
+        batch_min=batch.min, batch_opt=batch.opt, batch_max=batch.max, onnx_sha256=graph_sha256,
         onnx_file=Path(graph).name, model_config=json.loads(metadata.model_config.to_json()),
         postprocess=metadata.postprocess,
         outputs=metadata.outputs, version_compatible=options.version_compatible,
         hardware_compatibility=options.hardware_compat, tf32=options.tf32, assd_version=assd.__version__,
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         class_names=list(metadata.model_config.class_names), kept_high=read_kept_high(graph),
-        fp16_range_kept=read_fp16_range(graph), engine_sha256=hashlib.sha256(plan).hexdigest())
+        fp16_range_kept=read_fp16_range(graph), engine_sha256=hashlib.sha256(plan).hexdigest(),
+        accuracy_gate=gate.to_dict() if gate is not None else {})
     atomic_write_json(sidecar_path(output), info.to_dict())
+    verified = "" if gate is None else f"; accuracy gate: {_gate_text(gate)}"
     echo(f"wrote {output} ({len(plan) / 1e6:.1f} MB, TensorRT {info.tensorrt_version}, {info.gpu_name} "
-         f"sm_{capability[0]}{capability[1]}, {precision}, batch {batch.min}:{batch.opt}:{batch.max}) and "
-         f"{sidecar_path(output).name}")
+         f"sm_{capability[0]}{capability[1]}, {precision}, batch {batch.min}:{batch.opt}:{batch.max}, built from "
+         f"{graph}{verified}) and {sidecar_path(output).name}")
     return info
+
+
+def _gate_text(gate) -> str:
+    """The verified graph and its Δ mAP, for the printed lines."""
+    if gate.delta_final is None:
+        return f"{Path(gate.graph).name} with a recipe, Δ mAP not measured"
+    images = (gate.verification or {}).get("images")
+    return f"{Path(gate.graph).name} verified, Δ mAP {gate.delta_final:+.2f} points on {images} images"
 
 
 def _parse(trt, network, logger, graph: str) -> None:

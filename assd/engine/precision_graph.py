@@ -16,12 +16,15 @@ the engine's precision. From the graph ``assd build-engine`` is given, in this o
    export's parity photos (``assd.export.parity.default_parity_images``).
 
 Intermediate graphs live in a private temp folder; the one graph written lands beside the engine
-(``<onnx stem>.<precision>.onnx``) after the output guard (``assd.paths.check_outputs``) allowed it.
+(``precision_graph_path``: ``<onnx stem>.<precision>.onnx``) after the output guard
+(``assd.paths.check_outputs``) allowed it. ``compose_model`` is step 3 on a graph in memory: the accuracy
+gate of ``build-engine`` (``assd.engine.gated``) composes every candidate it verifies with it, so the
+graph it verifies is the graph that is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,15 +41,27 @@ from assd.calibration.recipe import read_kept_high, set_kept_high
 from assd.errors import UserError
 from assd.export.onnx_export import DEFAULT_OPSET
 from assd.runtime.fp16_preview import has_float16
-from assd.runtime.metadata import OnnxMetadata, load_onnx, read_metadata, set_metadata
+from assd.runtime.metadata import OnnxMetadata, load_onnx, metadata_from_model, set_metadata
 from assd.utils import atomic_write_bytes
 
 QDQ_FP16_OPSET = 19  # QuantizeLinear / DequantizeLinear take float16 scales from opset 19
 
 
+PRECISION_SUFFIXES = (".fp32", ".fp16", ".int8")
+
+
 def precision_graph_path(onnx_path: str, output: str, precision: str) -> Path:
-    """Where the graph composed for an engine goes: beside the engine, named after the ONNX."""
-    return Path(output).parent / f"{Path(onnx_path).stem}.{precision}.onnx"
+    """Where the graph composed for an engine goes: beside the engine, named after the ONNX without its own
+    precision suffix (``m.onnx`` and ``m.int8.onnx`` -> ``m.int8.onnx``, never ``m.int8.int8.onnx``). When
+    that is the input itself (``calibrate``'s fp32-based ``m.int8.onnx`` built in its own folder), the
+    composed graph is ``m.int8.engine.onnx``: the int8 engine's graph."""
+    stem = Path(onnx_path).stem
+    for suffix in PRECISION_SUFFIXES:
+        stem = stem.removesuffix(suffix)
+    target = Path(output).parent / f"{stem}.{precision}.onnx"
+    if target.resolve() == Path(onnx_path).resolve():
+        target = target.with_name(f"{stem}.{precision}.engine.onnx")
+    return target
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -87,22 +102,25 @@ def _image_batches(metadata: OnnxMetadata, calibration, count: int) -> tuple[Ite
 
 
 def fp16_base(model: onnx.ModelProto, metadata: OnnxMetadata, calibration=None,
-              echo: Callable[[str], None] = print) -> tuple[onnx.ModelProto, RangeAudit]:
+              echo: Callable[[str], None] = print, keep_nodes: Iterable[str] = ()) -> tuple[onnx.ModelProto, RangeAudit]:
     """The float16 version of the float32 (or float32-based Q/DQ) graph ``model``, audited on images: every
-    tensor the audit finds out of float16's range stays float32 (recorded in ``assd.fp16_range``)."""
-    from assd.export.fp16 import convert_to_fp16, fp16_source_tensors
+    tensor the audit finds out of float16's range stays float32 (recorded in ``assd.fp16_range``), and so
+    do the nodes named ``keep_nodes`` (an fp16 gate's kept layers) besides the default fp32 islands."""
+    from assd.export.fp16 import convert_to_fp16, default_fp32_nodes, fp16_source_tensors
 
     if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
         model = _with_opset(model, max(_opset(model), QDQ_FP16_OPSET))
+    keep = set(keep_nodes)
+    block = default_fp32_nodes(model.graph) + [node for node in model.graph.node if node.name in keep]
     notes: list[str] = []
-    first = convert_to_fp16(model, notes=notes)
+    first = convert_to_fp16(model, block=block, notes=notes)
     wanted = min(calibration.images, AUDIT_IMAGES) if calibration is not None and calibration.data else AUDIT_IMAGES
     batches, source = _image_batches(metadata, calibration, wanted)
     audit = audit_fp16_range(model, fp16_source_tensors(first), batches, source=source)
     echo(audit.summary())
     for line in audit.lines()[:10]:
         echo(f"  {line}")
-    converted = convert_to_fp16(model, keep_fp32=audit.kept_fp32) if audit.kept_fp32 else first
+    converted = convert_to_fp16(model, block=block, keep_fp32=audit.kept_fp32) if audit.kept_fp32 else first
     for note in notes:
         echo(f"warning: {note}")
     set_fp16_range(converted, audit)
@@ -166,18 +184,30 @@ def compose_precision_graph(onnx_path: str, output: str, metadata: OnnxMetadata,
             atomic_write_bytes(target, source.read_bytes())
             echo(f"wrote the {precision} graph {target}")
             return str(target)
-        base = load_onnx(source)
-        source_metadata, kept_high = read_metadata(str(source)), read_kept_high(base)
-        converted, audit = fp16_base(base, source_metadata, calibration, echo)
-    set_metadata(converted, source_metadata if precision == "int8" else _fp16(source_metadata))
+        converted, audit = compose_model(load_onnx(source), precision, calibration, echo)
+    atomic_write_bytes(target, check_and_serialize(converted))
+    echo(f"wrote the {precision} graph {target} ({composition_text(precision, audit)})")
+    return str(target)
+
+
+def compose_model(model: onnx.ModelProto, precision: str, calibration=None, echo: Callable[[str], None] = print,
+                  keep_nodes: Iterable[str] = ()) -> tuple[onnx.ModelProto, RangeAudit]:
+    """Step 3 on a graph in memory: ``model`` (the fp32 graph, or for int8 its fp32-based Q/DQ graph; any
+    Attention already lowered) on an fp16 base with its fp32 islands (``fp16_base``; ``keep_nodes`` too),
+    with its metadata (precision ``precision``), ``assd.kept_high`` and ``assd.fp16_range`` set."""
+    metadata, kept_high = metadata_from_model(model), read_kept_high(model)
+    converted, audit = fp16_base(model, metadata, calibration, echo, keep_nodes)
+    set_metadata(converted, metadata if precision == "int8" else _fp16(metadata))
     if kept_high:
         set_kept_high(converted, precision, kept_high)
     set_fp16_range(converted, audit)
-    atomic_write_bytes(target, check_and_serialize(converted))
+    return converted, audit
+
+
+def composition_text(precision: str, audit: RangeAudit) -> str:
+    """What a composed graph computes in which precision, in a few words (for the printed lines)."""
     islands = "attention scores/softmax, L2Norm" + (f", {len(audit.kept_fp32)} audited tensors" if audit.kept_fp32 else "")
-    echo(f"wrote the {precision} graph {target} ({'int8 Convs on an ' if precision == 'int8' else ''}fp16 base, "
-         f"fp32 islands: {islands}; I/O fp32)")
-    return str(target)
+    return f"{'int8 Convs on an ' if precision == 'int8' else ''}fp16 base, fp32 islands: {islands}; I/O fp32"
 
 
 def _fp16(metadata: OnnxMetadata) -> OnnxMetadata:

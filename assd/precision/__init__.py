@@ -1,9 +1,9 @@
 """Precision debugging: which layers must stay in higher precision so that mAP stays within tolerance.
 
-``debug_precision(DebugOptions(...))`` is ``assd debug-precision``; ``gate_graph`` / ``gate_for_engine``
-are the accuracy gates of ``assd calibrate`` and ``assd build-engine`` (``--max-delta-map``,
-``--keep-high``, ``--calib-method auto``). A stage of its own: it imports models, runtime, export,
-calibration and evaluation; only ``assd.commands`` imports it.
+``debug_precision(DebugOptions(...))`` is ``assd debug-precision``; ``gate_graph`` is the accuracy gate of
+``assd calibrate`` and (through ``assd.engine.gated``, which composes what it verifies) ``assd build-engine``
+(``--max-delta-map``, ``--keep-high``, ``--calib-method auto``). A stage of its own: it imports models,
+runtime, export, calibration and evaluation; only ``assd.engine`` and ``assd.commands`` import it.
 
     setup      calibration once, the low-precision graph, one switchable graph, evaluation images
     switch     the switchable graph (one ``If`` per lowered tensor) and exposing extra outputs
@@ -18,8 +18,8 @@ calibration and evaluation; only ``assd.commands`` imports it.
 """
 
 from assd.precision.debugger import DebugOptions, DebugResult, debug_precision
-from assd.precision.gate import GateRequest, GateResult, gate_for_engine, gate_graph
+from assd.precision.gate import GateRequest, GateResult, gate_graph
 from assd.precision.setup import CalibrationRequest
 
 __all__ = ["CalibrationRequest", "DebugOptions", "DebugResult", "GateRequest", "GateResult", "debug_precision",
-           "gate_for_engine", "gate_graph"]
+           "gate_graph"]

@@ -10,25 +10,36 @@ bound of the paired bootstrap interval within ``--max-delta-map``; otherwise the
 with a stricter target, then exit 1). A recipe (``--keep-high recipe.json``) applies a known set
 without searching, and is verified the same way. The kept layers are recorded in the graph's metadata
 (``assd.kept_high``), which ``build-engine`` copies into the engine's sidecar.
+
+``finish``: the search runs on the fp32-based variants (one switchable graph), but what is verified,
+written and then deployed can be another graph: ``build-engine`` passes the engine stage's composition
+(``assd.engine.gated``: int8 Convs on an fp16 base, fp32 islands), so every graph the gate verifies is
+composed first and the graph written is byte for byte the one verified (``GateResult.sha256``). Its
+CPU run rounds every fp16 tensor as the engine stores it (``assd.runtime.fp16_preview``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
+
 from assd.calibration.paths import check_graph_outputs, private_workdir
-from assd.calibration.recipe import Recipe, load_recipe, resolve_layers
+from assd.calibration.recipe import Recipe, load_recipe, resolve_layers, set_kept_high
 from assd.errors import CheckFailed, UserError
 from assd.precision.debugger import check_tolerance, kept_layers
 from assd.precision.search import LayerSensitivity, SearchResult, search_by_bisection
 from assd.precision.setup import PRECISIONS, CalibrationRequest, eval_images, prepare
 from assd.precision.verify import ACCEPT, Verifier, graph_detections, verification_dataset, verified_search
-from assd.runtime.metadata import load_fp32_source, read_metadata
+from assd.runtime.metadata import load_fp32_source
 from assd.utils import atomic_write_bytes
 
 DEFAULT_GATE_IMAGES = 50
+# (the float graph to finish: fp16 the fp32 graph, int8 its fp32-based Q/DQ graph; node names to keep fp32)
+Finish = Callable[[onnx.ModelProto, list[str]], onnx.ModelProto]
 
 
 @dataclass
@@ -49,6 +60,16 @@ class GateResult:
     delta_final: float | None = None  # the written graph on the verification images
     method: str | None = None
     verification: dict | None = None  # ``Verification.to_dict()`` of the written graph
+    sha256: str = ""  # of the written graph's bytes: the very bytes verified
+    budget: float | None = None  # --max-delta-map
+    search: str = ""  # what the search evaluated (the verified graph may be composed from it: ``finish``)
+
+    def to_dict(self) -> dict:
+        """What an engine sidecar records of the gate (``accuracy_gate``)."""
+        return {"graph": Path(self.graph).name, "graph_sha256": self.sha256, "precision": self.precision,
+                "max_delta_map": self.budget, "kept_high": self.kept_high, "calibration_method": self.method,
+                "plain_delta_map_points_search": self.delta_low, "search": self.search,
+                "delta_map_points": self.delta_final, "verification": self.verification}
 
 
 def _eval_data(request: GateRequest, calibration: CalibrationRequest | None) -> str | None:
@@ -102,11 +123,10 @@ def _checked_recipe(path: str | None, model, precision: str) -> Recipe | None:
 
 
 def gate_graph(onnx_path: str, output: str, precision: str, calibration: CalibrationRequest | None,
-               request: GateRequest, echo: Callable[[str], None] = print) -> GateResult:
-    """Write the gated ``precision`` graph of the fp32 ``onnx_path`` to ``output`` (see the module docstring).
-    Raises CheckFailed (after writing the best graph found) when the budget cannot be met."""
-    from assd.export.onnx_export import check_and_serialize
-
+               request: GateRequest, echo: Callable[[str], None] = print, finish: Finish | None = None) -> GateResult:
+    """Write the gated ``precision`` graph of the fp32 ``onnx_path`` to ``output`` (see the module docstring;
+    ``finish``: what turns a chosen graph into the graph to verify and write). Raises CheckFailed (after
+    writing the best graph found) when the budget cannot be met."""
     budget, data = check_request(onnx_path, output, precision, calibration, request)
     model, metadata = load_fp32_source(onnx_path, output, precision)
     recipe = _checked_recipe(request.keep_high, model, precision)
@@ -121,7 +141,7 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
         data_images = eval_images(data, request.eval_images, metadata, onnx_path, (data_option, "--eval-images"))
     with private_workdir() as workdir:
         if data_images is None:
-            return _apply_recipe_unmeasured(onnx_path, output, precision, calibration, recipe, echo)
+            return _apply_recipe_unmeasured(onnx_path, output, precision, calibration, recipe, echo, finish)
         setup = prepare(onnx_path, model, metadata, precision, data_images, None, onnx_path, calibration, workdir,
                         echo=echo)
     evaluator, every = setup.evaluator, frozenset(range(len(setup.layers)))
@@ -130,35 +150,39 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
     dataset = verification_dataset(data, metadata, onnx_path, data_option)
     verifier = Verifier(data, dataset, data_images, True, metadata, graph_detections(model, dataset, metadata),
                         evaluator.metric, request.accept)
+    search = f"fp32-based {precision} variants" if finish is not None else f"{precision} variants"
     echo(f"accuracy gate on {len(data_images)} search images of {data}, verified on all {len(dataset)} (reference: "
          f"the fp32 graph, {plain.result.metric} mAP {100 * setup.reference.mAP:.2f} on the search images): plain "
-         f"{precision} Δ mAP {plain.delta_points:+.2f} points" + (f" (budget ±{budget:g})" if budget is not None else ""))
+         f"{precision} Δ mAP {plain.delta_points:+.2f} points" + (f" (budget ±{budget:g})" if budget is not None else "")
+         + (f"; the search runs on {search}, each graph verified is the graph to build" if finish is not None else ""))
+    graphs = _Graphs(setup, finish)
     every_layer = [LayerSensitivity(layer, i, None, None) for i, layer in enumerate(setup.layers)]
     if recipe is not None:
         nodes = resolve_layers(recipe.layer_names, names, f"--keep-high {request.keep_high}")
         chosen = [s for s in every_layer if s.layer.node in nodes]
-        verification = verifier.verify(setup.graph([s.layer for s in chosen]))
+        verification = verifier.verify(graphs.model([s.layer for s in chosen]))
     elif budget is None:
-        chosen, verification = [], verifier.verify(setup.graph([]))
+        chosen, verification = [], verifier.verify(graphs.model([]))
     else:
         def choose(target: float) -> list[LayerSensitivity]:
             result = SearchResult([], plain, True)
             if abs(plain.delta_points) > target + 1e-9:
                 echo(f"over ±{target:g} on the search images: bisecting the {len(setup.layers)} layers for the fewest "
-                     "to keep in fp32")
+                     f"to keep {'out of int8' if precision == 'int8' else 'in fp32'}")
                 result = search_by_bisection(evaluator, setup.layers, target)
                 echo(f"  {len(result.trials)} variants evaluated")
             return kept_layers(setup, result, every_layer, target, echo)[0]  # checked on the real graph
 
         chosen, verification, _rounds = verified_search(
-            choose, lambda kept: verifier.verify(setup.graph([s.layer for s in kept])), budget, echo)
+            choose, lambda kept: verifier.verify(graphs.model([s.layer for s in kept])), budget, echo)
     kept = [s.layer for s in chosen]
-    atomic_write_bytes(output, check_and_serialize(setup.graph(kept)))
+    blob = graphs.serialized(kept)
+    atomic_write_bytes(output, blob)
     share = 100 * sum(layer.share for layer in kept)
-    echo(f"wrote the {precision} graph {output}: {verification.text()}, kept high: "
+    echo(f"wrote the {precision} graph {output}: verified: {verification.text()}, kept high: "
          f"{', '.join(layer.name for layer in kept) or 'none'}" + (f" ({share:.2f} % of the MACs)" if kept else ""))
     gate = GateResult(output, precision, [layer.name for layer in kept], plain.delta_points, verification.delta_points,
-                      setup.method, verification.to_dict())
+                      setup.method, verification.to_dict(), hashlib.sha256(blob).hexdigest(), budget, search)
     if budget is not None and not verification.met(budget):
         raise CheckFailed(f"{verification.text()}: checked |Δ| ({verification.accept}) {verification.bound:.2f} exceeds "
                           f"--max-delta-map {budget:g} "
@@ -167,45 +191,73 @@ def gate_graph(onnx_path: str, output: str, precision: str, calibration: Calibra
     return gate
 
 
+class _Graphs:
+    """The real graph of each kept set, ``finish``ed, serialized once: what is verified is what is written."""
+
+    def __init__(self, setup, finish: Finish | None):
+        self.setup, self.finish, self.made = setup, finish, {}
+
+    def serialized(self, kept: list) -> bytes:
+        from assd.export.onnx_export import check_and_serialize
+
+        key = tuple(layer.node for layer in kept)
+        if key not in self.made:
+            self.made[key] = check_and_serialize(finished(self.setup, kept, self.finish))
+        return self.made[key]
+
+    def model(self, kept: list) -> onnx.ModelProto:
+        return onnx.ModelProto.FromString(self.serialized(kept))
+
+
+def finished(setup, kept: list, finish: Finish | None) -> onnx.ModelProto:
+    """``setup.graph(kept)``, then ``finish``: fp16 gets the fp32 graph and the kept layers' nodes (to keep
+    fp32), int8 its Q/DQ graph with the kept layers unquantized; ``assd.kept_high`` set on the result."""
+    model = setup.graph(kept)
+    if finish is None:
+        return model
+    if setup.precision == "fp16":
+        model = finish(setup.fp32_model, [name for layer in kept for name in layer.nodes])
+    else:
+        model = finish(model, [])
+    set_kept_high(model, setup.precision, [layer.name for layer in kept])
+    return model
+
+
 def _apply_recipe_unmeasured(onnx_path: str, output: str, precision: str, calibration: CalibrationRequest | None,
-                             recipe, echo: Callable[[str], None]) -> GateResult:
+                             recipe, echo: Callable[[str], None], finish: Finish | None = None) -> GateResult:
     """A recipe without evaluation data: the graph with the recipe's layers high, nothing measured."""
+    from assd.export.onnx_export import check_and_serialize
+
+    model, metadata = load_fp32_source(onnx_path, output, precision)
     if precision == "int8":
         from assd.calibration.quantize import quantize_int8
 
-        result = quantize_int8(onnx_path, output, calibration.data, num_images=calibration.images,
-                               method=calibration.method, cache_path=calibration.cache,
-                               percentile=calibration.percentile, echo=echo, num_bins=calibration.num_bins,
-                               keep_high=recipe.layer_names)
+        with private_workdir() as workdir:
+            result = quantize_int8(onnx_path, str(workdir / "int8.onnx"), calibration.data,
+                                   num_images=calibration.images, method=calibration.method,
+                                   cache_path=calibration.cache, percentile=calibration.percentile, echo=echo,
+                                   num_bins=calibration.num_bins, keep_high=recipe.layer_names)
+            graph = onnx.load(str(workdir / "int8.onnx"))
         kept = result.kept_high
+        if finish is not None:
+            graph = finish(graph, [])
+            set_kept_high(graph, precision, kept)
     else:
-        from assd.export.onnx_export import check_and_serialize
         from assd.precision.layers import fp16_layers
         from assd.precision.setup import fp16_graph
 
-        model, metadata = load_fp32_source(onnx_path, output, "fp16")
         layers = fp16_layers(model)
         nodes = resolve_layers(recipe.layer_names, {layer.node: layer.name for layer in layers}, "--keep-high")
         chosen = [layer for layer in layers if layer.node in nodes]
-        atomic_write_bytes(output, check_and_serialize(fp16_graph(model, metadata, chosen)))
         kept = [layer.name for layer in chosen]
+        if finish is None:
+            graph = fp16_graph(model, metadata, chosen)
+        else:
+            graph = finish(model, [name for layer in chosen for name in layer.nodes])
+            set_kept_high(graph, precision, kept)
+    blob = check_and_serialize(graph)
+    atomic_write_bytes(output, blob)
     echo(f"wrote the {precision} graph {output} with the recipe's {len(kept)} layers kept high (no --eval-data: "
          "Δ mAP not measured)")
-    return GateResult(output, precision, kept, method=calibration.method if calibration else None)
-
-
-def gate_for_engine(onnx_path: str, engine: str, precision: str | None, calibration: CalibrationRequest | None,
-                    request: GateRequest, echo: Callable[[str], None] = print) -> str:
-    """``build-engine``'s hook: the gated graph, written beside the engine (``<stem>.<precision>.onnx``, as
-    build-engine names the precision graphs it makes); returns its path, which is then built as is."""
-    metadata = read_metadata(onnx_path)
-    precision = precision or metadata.precision
-    if metadata.precision != "fp32":
-        raise UserError(f"{onnx_path}: is a {metadata.precision} graph; --max-delta-map / --keep-high start from "
-                        "the fp32 export (the gate compares against it and chooses what stays fp32)")
-    if precision not in PRECISIONS:
-        raise UserError("--max-delta-map / --keep-high: choose --int8 or --fp16 (an fp32 engine has nothing to gate)")
-    target = str(Path(engine).parent / f"{Path(onnx_path).stem}.{precision}.onnx")
-    gate_graph(onnx_path, target, precision, calibration if precision == "int8" else None, request, echo)
-    return target
-
+    return GateResult(output, precision, kept, method=calibration.method if calibration else None,
+                      sha256=hashlib.sha256(blob).hexdigest(), search="none (a recipe, not measured)")

@@ -85,6 +85,7 @@ class EngineInfo:
     kept_high: list[str] = field(default_factory=list)  # layers the graph keeps in fp32 (assd.kept_high)
     fp16_range_kept: dict = field(default_factory=dict)  # tensor -> max |x|: kept fp32 by the fp16 range audit
     engine_sha256: str = ""  # of the engine file: a sidecar and an engine of two builds are detected
+    accuracy_gate: dict = field(default_factory=dict)  # build-engine's gate: the graph it verified (= onnx_sha256), Δ
 
     @property
     def config(self) -> ModelConfig:

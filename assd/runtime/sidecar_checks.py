@@ -36,7 +36,7 @@ def _type_problem(data: dict) -> str | None:
     for name in _LIST_OF_TEXT_FIELDS:
         if name in data and not (isinstance(data[name], list) and all(isinstance(v, str) for v in data[name])):
             return f"'{name}' is not a list of strings"
-    for name in ("model_config", "postprocess"):
+    for name in ("model_config", "postprocess", "accuracy_gate"):
         if name in data and not isinstance(data[name], dict):
             return f"'{name}' is not a JSON object"
     kept = data.get("fp16_range_kept", {})  # tensor -> max |x| (the fp16 range audit)
