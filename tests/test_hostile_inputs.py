@@ -183,6 +183,23 @@ def write_calibration_caches(folder: Path, onnx_path: Path, photos: Path) -> Non
         ranges = {method: dict.fromkeys(needed, (-4.0, 4.0)) for method in ("entropy", "percentile", "max")}
         change(ranges["entropy"])
         save_cache(folder / f"{name}.json", ranges, sha256_file(onnx_path), settings, 2)
+    write_calibration_set(folder, tiny_config(), settings, needed)
+
+
+def write_calibration_set(folder: Path, cfg, settings, needed: list[str]) -> None:
+    """A quantized graph of calibration run aaaa... (``set.int8.onnx``) with a cache of its own run and one
+    of another run (issue 25, item 2: calibrate's graph + cache)."""
+    import onnx
+
+    from assd.calibration.cache import save_cache
+    from assd.calibration.run_set import CALIBRATION_RUN_KEY, mark_graph
+
+    fake_assd_onnx(folder / "set.int8.onnx", cfg, props={"assd.precision": "int8"})
+    graph = mark_graph(onnx.load(str(folder / "set.int8.onnx")), "aaaaaaaaaaaa", CALIBRATION_RUN_KEY)
+    (folder / "set.int8.onnx").write_bytes(graph.SerializeToString())
+    ranges = {method: dict.fromkeys(needed, (-4.0, 4.0)) for method in ("entropy", "percentile", "max")}
+    for name, run_id in (("same_run", "aaaaaaaaaaaa"), ("other_run", "bbbbbbbbbbbb")):
+        save_cache(folder / f"{name}.json", ranges, "0" * 64, settings, 2, run_id)
 
 
 _HASHES: dict[tuple, str] = {}  # (path, inode, size, mtime_ns, ctime_ns) -> sha256: a file is re-read when any moves
@@ -342,8 +359,10 @@ CASES = [
     ("bench-markdown-onto-an-image", "bench {art}/mini.onnx --markdown {art}/photos/p1.jpg", "holds an image"),
     ("export-onto-an-image-named-onnx", "export --onnx {art}/mini.pt -o {art}/picture.onnx --no-parity",
      "holds an image"),
-    # Output sets (item 2): an engine beside the sidecar of another build
+    # Output sets (item 2): an engine beside the sidecar of another build, calibrate's graph + another run's cache
     ("bench-engine-of-another-build", "bench {art}/eng/other_build.engine", "not the one its sidecar describes"),
+    ("build-engine-int8-graph-with-cache-of-another-run", ("build-engine {art}/cal/set.int8.onnx -o {out}/m.engine "
+     "--int8 --calib-cache {art}/cal/other_run.json"), "not one calibrate output set"),
     # Damaged files (item 3)
     ("bench-sidecar-is-a-list", "bench {art}/eng/list.engine", "not an assd engine sidecar"),
     ("bench-sidecar-batch-text", "bench {art}/eng/batch_text.engine", "batch_min/opt/max [1, 8, '32']"),
@@ -627,3 +646,93 @@ def test_a_recipe_beside_the_report_of_another_run_is_refused(tmp_path):
     assert "\n" not in str(error.value)
     graph = helper.make_model(helper.make_graph([], "g", [], []))
     assert graph_run_id(mark_graph(mark_graph(graph, "x"), "bbbbbbbbbbbb")) == "bbbbbbbbbbbb"
+
+
+def test_calibrate_marks_its_graph_and_cache_with_one_run_and_a_mixed_pair_is_refused(art, tmp_path):
+    """calibrate's graph + cache (issue 25, item 2): the cache records the run that measured it, the graph
+    its own run and the run of its ranges; reusing the cache for another graph keeps working, and a graph
+    beside a cache rewritten by a later run (a run stopped between its two files) is refused in one line."""
+    import onnx
+
+    from assd.calibration.cache import cache_run_id
+    from assd.calibration.quantize import quantize_int8
+    from assd.calibration.run_set import CALIBRATION_RUN_KEY, check_graph_cache_set, graph_run_id
+    from assd.errors import UserError
+
+    cache = tmp_path / "c.json"
+
+    def calibrate(name: str, images: int = 2) -> onnx.ModelProto:
+        quantize_int8(str(art / "mini.onnx"), str(tmp_path / name), str(art / "photos"), num_images=images,
+                      cache_path=str(cache), echo=lambda _: None)
+        return onnx.load(str(tmp_path / name), load_external_data=False)
+
+    first = calibrate("a.int8.onnx")
+    measured = cache_run_id(cache)
+    assert measured and graph_run_id(first) == measured and graph_run_id(first, CALIBRATION_RUN_KEY) == measured
+    second = calibrate("b.int8.onnx")  # the cache reused, not rewritten: b holds run a's ranges
+    assert cache_run_id(cache) == measured and graph_run_id(second) != measured
+    assert graph_run_id(second, CALIBRATION_RUN_KEY) == measured
+    assert check_graph_cache_set(tmp_path / "b.int8.onnx", cache) == measured
+    calibrate("c.int8.onnx", images=1)  # other settings: the cache is measured again by this run
+    assert cache_run_id(cache) not in (None, measured)
+    with pytest.raises(UserError, match="not one calibrate output set") as error:
+        check_graph_cache_set(tmp_path / "a.int8.onnx", cache)
+    assert "\n" not in str(error.value) and str(cache) in str(error.value)
+    assert check_graph_cache_set(art / "mini.onnx", cache) is None  # an fp32 graph: the cache calibrates it
+
+
+def test_a_quantized_graph_with_the_cache_of_its_own_run_is_accepted(art, tmp_path):
+    from assd.calibration.run_set import check_graph_cache_set
+
+    assert check_graph_cache_set(art / "cal" / "set.int8.onnx", art / "cal" / "same_run.json") == "aaaaaaaaaaaa"
+    older = json.loads((art / "cal" / "other_run.json").read_text())
+    del older["run_id"]  # a cache written before run ids: nothing to compare
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert check_graph_cache_set(art / "cal" / "set.int8.onnx", tmp_path / "older.json") is None
+
+
+def _load_step(repo: Path, step: str, monkeypatch):
+    """The repository's Python step ``assd_<step>`` as Triton's Python backend loads it (a stand-in for
+    ``triton_python_backend_utils``, which only exists inside the server)."""
+    import importlib.util
+    import types
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location(f"step_{step}", repo / f"assd_{step}" / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TritonPythonModel()
+
+
+def _step_args(repo: Path, step: str) -> dict:
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    config = text_format.Parse((repo / f"assd_{step}" / "config.pbtxt").read_text(), pb.ModelConfig())
+    return {"model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
+            "model_repository": str(repo / f"assd_{step}"), "model_version": "1"}
+
+
+def test_a_triton_repository_mixing_two_runs_does_not_load(art, tmp_path, monkeypatch):
+    """export --triton's repository (issue 25, item 2): every config carries the run id, the network's the
+    SHA-256 of its file; a Python step refuses to load (one line) beside a model or network file of
+    another run, so Triton never serves a mixed set."""
+    pytest.importorskip("tritonclient.grpc", reason="the serve extra is not installed")
+    from assd.errors import UserError
+    from assd.serving.repository import write_repository
+
+    first, second = (write_repository(tmp_path / name, str(art / "mini.onnx"), max_batch=2, echo=lambda _: None)
+                     for name in ("r1", "r2"))
+    for step in ("preprocess", "postprocess"):
+        _load_step(first, step, monkeypatch).initialize(_step_args(first, step))  # one run: loads
+    shutil.rmtree(first / "assd_network")
+    shutil.copytree(second / "assd_network", first / "assd_network")
+    for step in ("preprocess", "postprocess"):
+        with pytest.raises(UserError, match="is of another export --triton run") as error:
+            _load_step(first, step, monkeypatch).initialize(_step_args(first, step))
+        assert "\n" not in str(error.value) and "assd_network/config.pbtxt" in str(error.value)
+    shutil.copyfile(art / "served.onnx", second / "assd_network" / "1" / "model.onnx")  # same bytes: accepted
+    _load_step(second, "preprocess", monkeypatch).initialize(_step_args(second, "preprocess"))
+    (second / "assd_network" / "1" / "model.onnx").write_bytes((art / "garbage.onnx").read_bytes())
+    with pytest.raises(UserError, match="is not the network file run"):
+        _load_step(second, "postprocess", monkeypatch).initialize(_step_args(second, "postprocess"))

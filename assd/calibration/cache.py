@@ -5,7 +5,7 @@ A JSON file whose first key is the format marker (so that the file is recognisab
     {"format": "assd-calibration-cache", "version": 2,
      "onnx_sha256": "<SHA-256 of the fp32 ONNX file calibrated>",
      "settings": {"images": 500, "source": "voc:...", "percentile": 99.999, "num_bins": 2048, ...},
-     "images_used": 500,
+     "images_used": 500, "run_id": "<the run that measured the ranges (assd.calibration.run_set)>",
      "ranges": {"entropy": {"<tensor>": [lowest, highest], ...}, "percentile": {...}, "max": {...}}}
 
 One pass over the images gives the ranges of every method (``assd.calibration.quantize.measure_ranges``),
@@ -22,6 +22,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from assd.calibration.run_set import new_run_id
 from assd.errors import UserError
 from assd.paths import check_outputs
 from assd.utils import atomic_write_json
@@ -131,11 +132,19 @@ def load_cache(path: str | Path, onnx_sha256: str, settings: CalibrationSettings
                                f"the ranges of {count} tensors ({images_used} images)", images_used)
 
 
+def cache_run_id(path: str | Path) -> str | None:
+    """The run that measured the ranges of the cache at ``path`` (None: not ours, or written before run ids)."""
+    content = _read_ours(Path(path))
+    run_id = content.get("run_id") if content is not None else None
+    return run_id if isinstance(run_id, str) and run_id else None
+
+
 def save_cache(path: str | Path, ranges: dict[str, Ranges], onnx_sha256: str, settings: CalibrationSettings,
-               images_used: int) -> None:
-    """Write the cache (atomically); ``ranges``: {method: {tensor: (lowest, highest)}}."""
+               images_used: int, run_id: str = "") -> None:
+    """Write the cache (atomically); ``ranges``: {method: {tensor: (lowest, highest)}}; ``run_id``: the
+    run that measured them (``assd.calibration.run_set``; a new one when not given)."""
     atomic_write_json(path, {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "onnx_sha256": onnx_sha256,
-        "settings": settings.to_dict(), "images_used": images_used,
+        "settings": settings.to_dict(), "images_used": images_used, "run_id": run_id or new_run_id(),
         "ranges": {method: {name: [float(lo), float(hi)] for name, (lo, hi) in sorted(values.items())}
                    for method, values in ranges.items()}})

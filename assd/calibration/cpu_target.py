@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from assd.calibration.cache import Ranges, sha256_file
+from assd.calibration.cache import Ranges, cache_run_id, sha256_file
 from assd.calibration.paths import private_workdir
 from assd.calibration.placement import prune_unused, topological_sort
 from assd.calibration.quantize import (
@@ -51,6 +51,7 @@ from assd.calibration.quantize import (
     quiet_ort,
     write_int8_graph,
 )
+from assd.calibration.run_set import new_run_id
 from assd.errors import UserError
 from assd.runtime.int8_target import Int8Layout
 from assd.runtime.metadata import OnnxMetadata, load_fp32_source
@@ -183,13 +184,15 @@ def quantize_int8_cpu(onnx_path: str, output: str, calib_data: str, num_images: 
     check_int8_outputs(onnx_path, output, cache_path, calib_data)
     _, metadata = load_fp32_source(onnx_path, output, "int8")
     settings = calibration_settings(num_images, calib_data, percentile, num_bins)
+    run_id = new_run_id()  # in the cache this run writes and in its graph, as quantize_int8 does
     with private_workdir() as workdir:
         copy = private_copy(onnx_path, workdir)
         ranges, images_used, reused = calibrated_ranges(copy, sha256_file(onnx_path), metadata, settings,
-                                                        cache_path, workdir, echo, methods=(method,))
+                                                        cache_path, workdir, echo, methods=(method,), run_id=run_id)
         quantized, float_nodes = build_cpu_qdq_model(copy, ranges[method], workdir, activations)
     layout = graph_layout(quantized, activations)
-    int8_metadata = write_int8_graph(quantized, metadata, output, layout=layout)
+    ranges_run = (cache_run_id(cache_path) or "") if reused else run_id
+    int8_metadata = write_int8_graph(quantized, metadata, output, layout=layout, run_ids=(run_id, ranges_run))
     return CpuQuantizeResult(int8_metadata, layout, reused, images_used, len(int8_nodes(quantized, "Conv")),
                              len(int8_nodes(quantized, "Add")), float_nodes)
 

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from assd.calibration.cache import (
     CalibrationSettings,
     Ranges,
+    cache_run_id,
     load_cache,
     save_cache,
     sha256_file,
@@ -55,6 +56,7 @@ from assd.calibration.placement import (
     topological_sort,
 )
 from assd.calibration.recipe import resolve_layers, set_kept_high
+from assd.calibration.run_set import CALIBRATION_RUN_KEY, RUN_ID_KEY, mark_graph, new_run_id
 from assd.errors import UserError
 from assd.export.fp16 import POSTPROCESS_PREFIX, attention_nodes
 from assd.runtime.int8_target import Int8Layout, set_int8_layout
@@ -193,9 +195,10 @@ def measure_ranges(model_path: str | Path, metadata: OnnxMetadata, settings: Cal
 
 def calibrated_ranges(model_path: Path, onnx_sha256: str, metadata: OnnxMetadata, settings: CalibrationSettings,
                       cache_path: str | None, workdir: Path, echo: Callable[[str], None] = print,
-                      methods: tuple[str, ...] = METHODS) -> tuple[dict[str, Ranges], int, bool]:
+                      methods: tuple[str, ...] = METHODS, run_id: str = "") -> tuple[dict[str, Ranges], int, bool]:
     """({method: ranges}, images used, reused from the cache?): from ``cache_path`` when it matches, else
-    measured (every method when the cache is written, else only ``methods``)."""
+    measured (every method when the cache is written, else only ``methods``); a cache written records
+    ``run_id`` (the calling run's, ``assd.calibration.run_set``)."""
     if cache_path:
         lookup = load_cache(cache_path, onnx_sha256, settings, methods)
         if lookup.ranges is not None:  # ours and matching: its ranges are still checked (cache_checks)
@@ -207,7 +210,7 @@ def calibrated_ranges(model_path: Path, onnx_sha256: str, metadata: OnnxMetadata
     ranges, images_used = measure_ranges(model_path, metadata, settings, workdir, echo,
                                          METHODS if cache_path else methods)
     if cache_path:
-        save_cache(cache_path, ranges, onnx_sha256, settings, images_used)
+        save_cache(cache_path, ranges, onnx_sha256, settings, images_used, run_id)
         echo(f"wrote calibration cache {cache_path} ({len(ranges['max'])} tensor ranges per method)")
     return ranges, images_used, False
 
@@ -265,9 +268,11 @@ def check_int8_outputs(onnx_path: str, output: str, cache_path: str | None, cali
 
 
 def write_int8_graph(model: onnx.ModelProto, metadata: OnnxMetadata, output: str,
-                     kept_high: list[str] | None = None, layout: Int8Layout = TENSORRT_LAYOUT) -> OnnxMetadata:
+                     kept_high: list[str] | None = None, layout: Int8Layout = TENSORRT_LAYOUT,
+                     run_ids: tuple[str, str] = ("", "")) -> OnnxMetadata:
     """Set the int8 metadata (the target runtime's ``layout``, the kept-high layers) on ``model`` and write it
-    atomically."""
+    atomically. ``run_ids``: (this run, the run that measured its ranges), recorded as ``assd.run_id`` and
+    ``assd.calibration_run_id`` (``assd.calibration.run_set``; empty: not recorded)."""
     from assd.export.onnx_export import check_and_serialize
 
     int8_metadata = dataclasses.replace(metadata, precision="int8")
@@ -275,6 +280,9 @@ def write_int8_graph(model: onnx.ModelProto, metadata: OnnxMetadata, output: str
     set_int8_layout(model, layout)
     if kept_high:
         set_kept_high(model, "int8", kept_high)
+    for run_id, key in zip(run_ids, (RUN_ID_KEY, CALIBRATION_RUN_KEY)):
+        if run_id:
+            mark_graph(model, run_id, key)
     atomic_write_bytes(output, check_and_serialize(model))
     return int8_metadata
 
@@ -294,16 +302,18 @@ def quantize_int8(onnx_path: str, output: str, calib_data: str, num_images: int 
     settings = calibration_settings(num_images, calib_data, percentile, num_bins)
     names = layer_display_names(model.graph)
     nodes = resolve_layers(keep_high or [], names, "--keep-high")
+    run_id = new_run_id()  # in the cache this run writes and in its graph (assd.calibration.run_set)
     with private_workdir() as workdir:
         copy = private_copy(onnx_path, workdir)
         ranges, images_used, reused = calibrated_ranges(copy, sha256_file(onnx_path), metadata, settings,
-                                                        cache_path, workdir, echo, methods=(method,))
+                                                        cache_path, workdir, echo, methods=(method,), run_id=run_id)
         quantized = build_qdq_model(copy, ranges[method], workdir)
+    ranges_run = (cache_run_id(cache_path) or "") if reused else run_id
     layers = qdq_layers(quantized, model)
     if nodes:
         quantized = keep_layers_high(quantized, model, nodes)
     kept = [names[node] for node in nodes]
-    int8_metadata = write_int8_graph(quantized, metadata, output, kept)
+    int8_metadata = write_int8_graph(quantized, metadata, output, kept, run_ids=(run_id, ranges_run))
     residual_adds = sum(1 for layer in layers if layer.residual and layer.node not in nodes)
     return QuantizeResult(int8_metadata, reused, images_used, excluded_node_names(model.graph),
                           len(layers) - len(nodes), residual_adds, kept)

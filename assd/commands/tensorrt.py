@@ -52,6 +52,17 @@ def _gate_request(max_delta_map, keep_high, eval_data, eval_images, accept):
                        accept=accept)
 
 
+def _check_graph_cache_set(onnx_file: str, calib_cache: str | None) -> None:
+    """An already quantized graph given with a cache: the cache can only be its companion, so the two must
+    be of one calibration run (``assd.calibration.run_set``); a cache given with an fp32 graph calibrates it."""
+    from assd.calibration.run_set import check_graph_cache_set
+
+    shared = check_graph_cache_set(onnx_file, calib_cache)
+    if shared:
+        click.echo(f"--calib-cache {calib_cache}: holds the ranges {onnx_file} was quantized with (calibration run "
+                   f"{shared}); the graph's own Q/DQ scales are used")
+
+
 @click.command("calibrate")
 @force_option
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
@@ -155,6 +166,8 @@ def build_engine_command(onnx_file, output, precision, batch, workspace, timing_
     check_outputs([onnx_file, keep_high, *data_spec_inputs(calib_data), *data_spec_inputs(eval_data)],
                   files={"-o": output, "the engine sidecar": sidecar_path(output), "the precision graph": graph,
                          "--timing-cache": timing_cache, "--calib-cache": calib_cache}, kinds={"-o": "engine"})
+    _check_graph_cache_set(onnx_file, calib_cache)
+
     gated = max_delta_map is not None or keep_high or calib_method == "auto"  # the accuracy gate makes the graph
     options = EngineOptions(
         precision=precision, batch=batch, workspace_gb=workspace, timing_cache=timing_cache,

@@ -2,6 +2,7 @@
 
 ``server``      ``assd serve``: an artifact behind the tritonserver pytriton bundles (runners inside)
 ``repository``  ``assd export --triton``: a native model repository (ensemble of pre / network / post)
+``repository_set`` the repository's run id in every config, checked when a Python step loads
 ``loadtest``    ``assd bench --server``: throughput and latency per concurrency, Triton's statistics
 ``environment`` the Python-backend stub's interpreter, free ports
 

@@ -7,7 +7,8 @@
                                1/model.plan.json) or ``onnxruntime`` (1/model.onnx): images -> loc, conf
     REPO/<name>_postprocess/   Python backend: ``assd.runtime.postprocess.detect`` -> padded pixel boxes
 
-Every ``config.pbtxt`` is built as Triton's own ``ModelConfig`` protobuf (``tritonclient.grpc.
+Every ``config.pbtxt`` carries the run's id, checked when Triton loads a Python step
+(``assd.serving.repository_set``). Every ``config.pbtxt`` is built as Triton's own ``ModelConfig`` protobuf (``tritonclient.grpc.
 model_config_pb2``) and written in its text format. The network gets ``max_batch_size`` = the engine's
 profile maximum (``--max-batch`` for a dynamic ONNX file), dynamic batching, one GPU instance, warm-up
 at batch 1 and at the maximum, and for TensorRT CUDA graphs captured at those batch sizes. The Python
@@ -28,6 +29,7 @@ from assd.paths import temp_dir_beside
 from assd.remote.protocol import INPUT_ENCODED, OUTPUTS, check_serving_options
 from assd.runtime.postprocess import PostprocessConfig
 from assd.serving.environment import require_serve_extra
+from assd.serving.repository_set import new_repository_run, sha256_of, stamp_configs
 
 PYTHON_MODELS = Path(__file__).parent / "triton_python"
 QUEUE_DELAY_US = 2000
@@ -201,6 +203,7 @@ def write_repository(repo: str, artifact: str, max_batch: int = 8, name: str = "
     check_serving_options(name, max_batch)
     network = inspect_artifact(artifact, max_batch)
     configs = repository_configs(name, network)
+    stamp_configs(configs, name, new_repository_run(), sha256_of(network.path))  # one set (repository_set.py)
     repo_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         staging = temp_dir_beside(repo_path)  # stale ones of killed runs removed first

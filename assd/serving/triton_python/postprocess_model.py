@@ -14,11 +14,13 @@ from assd.models.assd import priors_for
 from assd.models.config import ModelConfig
 from assd.remote.protocol import OUTPUTS, detect_in_pixels, pack_detections
 from assd.runtime.postprocess import PostprocessConfig
+from assd.serving.repository_set import check_repository_set
 
 
 class TritonPythonModel:
     def initialize(self, args):
         parameters = json.loads(args["model_config"])["parameters"]
+        check_repository_set(args["model_repository"], parameters)  # one export --triton run, else not loaded
         self.cfg = ModelConfig.from_json(parameters["assd_model_config"]["string_value"])
         self.postprocess_cfg = PostprocessConfig.from_dict(json.loads(parameters["assd_postprocess"]["string_value"]))
         self.priors = priors_for(self.cfg)

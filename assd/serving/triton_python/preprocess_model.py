@@ -13,11 +13,13 @@ import triton_python_backend_utils as pb_utils
 from assd.models.config import ModelConfig
 from assd.remote.protocol import INPUT_ENCODED, BadRequest, request_images
 from assd.runtime.preprocess import preprocess
+from assd.serving.repository_set import check_repository_set
 
 
 class TritonPythonModel:
     def initialize(self, args):
         parameters = json.loads(args["model_config"])["parameters"]
+        check_repository_set(args["model_repository"], parameters)  # one export --triton run, else not loaded
         self.cfg = ModelConfig.from_json(parameters["assd_model_config"]["string_value"])
 
     def execute(self, requests):
