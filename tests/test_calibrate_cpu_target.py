@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from train_helpers import recalibrate_batchnorm
 
 from assd.calibration import quantize_int8
 from assd.calibration.cpu_target import conv_weight_scales, int8_nodes, quantize_int8_cpu
@@ -196,24 +197,12 @@ def trained(tmp_path_factory):
     from assd.models.checkpoint import load_model
 
     model = load_model(str(result.last_checkpoint))
-    _recalibrate_batchnorm(model, torch.stack([samples[i][0] for i in range(16)]))
+    recalibrate_batchnorm(model, torch.stack([samples[i][0] for i in range(16)]))
     checkpoint, fp32, int8 = folder / "mini.pt", folder / "mini.onnx", folder / "mini.int8cpu.onnx"
     save_checkpoint(model, checkpoint)
     export_onnx(model, fp32)
     quantize_int8_cpu(str(fp32), str(int8), "synthetic:16", num_images=16, method="max", **QUIET)
     return checkpoint, int8
-
-
-def _recalibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> None:
-    """Exact BatchNorm statistics of ``images`` (a short run leaves the running averages behind the weights)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(images)
-    model.eval()
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=needs_openvino)])

@@ -57,10 +57,10 @@ def recorded(monkeypatch):
     seen = {"verified": [], "models": [], "parsed": []}
     real_detections, real_parse = verify.graph_detections, FakeOnnxParser.parse_from_file
 
-    def detections(model, dataset, metadata):
+    def detections(model, dataset, metadata, *runner_options):
         seen["verified"].append(hashlib.sha256(check_and_serialize(model)).hexdigest())
         seen["models"].append(model)
-        return real_detections(model, dataset, metadata)
+        return real_detections(model, dataset, metadata, *runner_options)
 
     def parse(self, path):
         with open(path, "rb") as file:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from test_tensorrt_build import fake_builder  # noqa: F401 - TensorRT faked on an 'L4' (fixture)
+from train_helpers import recalibrate_batchnorm
 
 from assd.calibration.fp16_range import FP16_MAX, audit_fp16_range, read_fp16_range
 from assd.engine.build import CalibrationOptions
@@ -245,15 +246,7 @@ def test_faithful_fp16_preview_of_a_trained_assd_mini_still_agrees(tmp_path):
     from assd.models.checkpoint import load_model, save_checkpoint
 
     model = load_model(str(result.last_checkpoint))
-    # Exact BatchNorm statistics of the images (a short run leaves the running averages behind the weights).
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.stack([samples[i][0] for i in range(8)]))
-    model.eval()
+    recalibrate_batchnorm(model, torch.stack([samples[i][0] for i in range(8)]))
     checkpoint, fp32_path = tmp_path / "trained.pt", tmp_path / "mini.onnx"
     save_checkpoint(model, checkpoint)
     export_onnx(model, fp32_path)

@@ -197,6 +197,8 @@ def write_calibration_set(folder: Path, cfg, settings, needed: list[str]) -> Non
     fake_assd_onnx(folder / "set.int8.onnx", cfg, props={"assd.precision": "int8"})
     graph = mark_graph(onnx.load(str(folder / "set.int8.onnx")), "aaaaaaaaaaaa", CALIBRATION_RUN_KEY)
     (folder / "set.int8.onnx").write_bytes(graph.SerializeToString())
+    graph.ir_version = 99  # newer than any ONNX Runtime reads: build-engine's fp16 range audit cannot open it
+    (folder / "future_ir.int8.onnx").write_bytes(graph.SerializeToString())
     ranges = {method: dict.fromkeys(needed, (-4.0, 4.0)) for method in ("entropy", "percentile", "max")}
     for name, run_id in (("same_run", "aaaaaaaaaaaa"), ("other_run", "bbbbbbbbbbbb")):
         save_cache(folder / f"{name}.json", ranges, "0" * 64, settings, 2, run_id)
@@ -363,6 +365,8 @@ CASES = [
     ("bench-engine-of-another-build", "bench {art}/eng/other_build.engine", "not the one its sidecar describes"),
     ("build-engine-int8-graph-with-cache-of-another-run", ("build-engine {art}/cal/set.int8.onnx -o {out}/m.engine "
      "--int8 --calib-cache {art}/cal/other_run.json"), "not one calibrate output set"),
+    ("build-engine-graph-onnx-runtime-cannot-read", "build-engine {art}/cal/future_ir.int8.onnx -o {out}/m.engine --int8",
+     "future_ir.int8.onnx: ONNX Runtime cannot load it to measure its fp16 range"),
     # Damaged files (item 3)
     ("bench-sidecar-is-a-list", "bench {art}/eng/list.engine", "not an assd engine sidecar"),
     ("bench-sidecar-batch-text", "bench {art}/eng/batch_text.engine", "batch_min/opt/max [1, 8, '32']"),

@@ -201,6 +201,20 @@ def test_debugger_report_has_table_plot_recipe_and_per_map_and_class_deltas(debu
     assert all(kept.why and kept.node for kept in recipe.kept_high)
 
 
+def test_debugger_graph_names_the_calibration_run_of_its_cache(outlier_model, debugged):
+    """The graph and the --calib-cache it was calibrated from are one output set (issue 25): build-engine
+    accepts the pair and would refuse the cache of another run."""
+    import onnx
+
+    from assd.calibration.cache import cache_run_id
+    from assd.calibration.run_set import CALIBRATION_RUN_KEY, check_graph_cache_set, graph_run_id
+
+    _checkpoint, _onnx, cache = outlier_model
+    _debug, output = debugged
+    assert graph_run_id(onnx.load(str(output), load_external_data=False), CALIBRATION_RUN_KEY) == cache_run_id(cache)
+    assert check_graph_cache_set(output, cache) == cache_run_id(cache)
+
+
 def test_build_engine_gate_searches_before_tensorrt_and_records_kept_layers(outlier_model, tmp_path, capsys):
     _checkpoint, onnx_path, cache = outlier_model
     engine = tmp_path / "model.engine"

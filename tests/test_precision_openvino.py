@@ -73,8 +73,8 @@ def test_bad_backends_are_one_line_before_any_work(mini, tmp_path, capsys, monke
 
     monkeypatch.setattr(debugger, "load_fp32_source", expensive)
     _one_line_exit_2(_args(mini, tmp_path, "--backend", "tensorrt"), capsys,
-                     "--backend tensorrt cannot run a onnx (it runs on onnxruntime or openvino)")
-    _one_line_exit_2(_args(mini, tmp_path, "--backend", "torch"), capsys, "--backend torch cannot run a onnx")
+                     "--backend tensorrt cannot run an ONNX graph (it runs on onnxruntime or openvino)")
+    _one_line_exit_2(_args(mini, tmp_path, "--backend", "torch"), capsys, "--backend torch cannot run an ONNX graph")
     _one_line_exit_2(_args(mini, tmp_path, "--backend", "vulkan"), capsys, "--backend vulkan: use auto, torch")
     _one_line_exit_2(_args(mini, tmp_path, "--backend", "onnxruntime,openvino"), capsys, "name one")
     _one_line_exit_2(_args(mini, tmp_path, "--threads", "0"), capsys, "--threads")

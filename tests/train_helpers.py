@@ -49,3 +49,16 @@ class NaNImages(torch.utils.data.Dataset):
     def __getitem__(self, index):
         image, target = self.inner[index]
         return torch.full_like(image, float("nan")), target
+
+
+def recalibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> None:
+    """Exact BatchNorm statistics of ``images`` ([N, 3, S, S]; a short run leaves the running averages behind
+    the weights), then eval mode."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(images)
+    model.eval()

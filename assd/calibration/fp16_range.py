@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from assd.errors import UserError, short_reason
+
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)  # 2**-14 = 6.1e-5
 HEADROOM = 2.0
@@ -64,6 +66,10 @@ class RangeAudit:
         return asdict(self)
 
 
+class UnloadableGraph(UserError):
+    """ONNX Runtime cannot open the graph whose range is measured (the caller adds the file's name)."""
+
+
 def tensor_magnitudes(model: onnx.ModelProto, names: Iterable[str], batches: Iterable[np.ndarray],
                       input_name: str = "images") -> tuple[dict[str, float], int]:
     """({tensor: max |x| over all batches}, images seen) for the float tensors ``names`` of ``model``
@@ -76,7 +82,12 @@ def tensor_magnitudes(model: onnx.ModelProto, names: Iterable[str], batches: Ite
     model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in existing)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - e.g. an IR version newer than this ONNX Runtime reads: one line
+        raise UnloadableGraph(f"ONNX Runtime cannot load it to measure its fp16 range ({short_reason(exc)}): "
+                              "re-export it with 'assd export', or save it with an IR version this ONNX Runtime "
+                              "reads") from None
     largest = dict.fromkeys(names, 0.0)
     images = 0
     for batch in batches:

@@ -33,6 +33,7 @@ import onnx
 from assd.calibration.fp16_range import (
     AUDIT_IMAGES,
     RangeAudit,
+    UnloadableGraph,
     audit_batches,
     audit_fp16_range,
     set_fp16_range,
@@ -151,11 +152,20 @@ def compose_precision_graph(onnx_path: str, output: str, metadata: OnnxMetadata,
     ``calibration``: an object with ``data``, ``images``, ``method``, ``cache`` (``--calib-*``);
     ``other_outputs``: ``{option: path}`` the command also writes (``--timing-cache``), which the graph may
     not land on."""
+    model = load_onnx(onnx_path)
+    lowered = lower_for_tensorrt(model, onnx_path, echo)
+    try:
+        return _compose_precision_graph(onnx_path, output, model, lowered, metadata, precision, calibration, echo,
+                                        other_outputs)
+    except UnloadableGraph as exc:  # the range audit could not open it: one line naming the file
+        raise UserError(f"{onnx_path}: {exc}") from None
+
+
+def _compose_precision_graph(onnx_path, output, model, lowered, metadata, precision, calibration, echo,
+                             other_outputs) -> str:
     from assd.export.onnx_export import check_and_serialize
     from assd.paths import check_outputs, temp_dir
 
-    model = load_onnx(onnx_path)
-    lowered = lower_for_tensorrt(model, onnx_path, echo)
     quantize = precision == "int8" and metadata.precision == "fp32"
     to_fp16 = precision in ("fp16", "int8") and not has_float16(model)
     if precision in ("fp16", "int8") and not to_fp16:

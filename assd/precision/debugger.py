@@ -25,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assd.calibration.cache import cache_run_id
 from assd.calibration.paths import check_graph_outputs, private_workdir
 from assd.calibration.recipe import KeptLayer, Recipe
-from assd.calibration.run_set import mark_graph, new_run_id
+from assd.calibration.run_set import CALIBRATION_RUN_KEY, mark_graph, new_run_id
 from assd.errors import CheckFailed, UserError
 from assd.precision.backend import PrecisionBackend, choose_precision_backend
 from assd.precision.evaluator import VariantResult
@@ -154,6 +155,15 @@ def check_reference(reference: str) -> None:
                         "graph was exported from")
 
 
+def _mark_ranges_run(graph, options: DebugOptions):
+    """An int8 graph records the run that measured its ranges (``assd.calibration_run_id``, as calibrate's
+    graphs do): the ``--calib-cache`` this run reused or wrote holds that run's id, so build-engine can tell
+    the graph's own cache from another run's (``assd.calibration.run_set.check_graph_cache_set``)."""
+    cache = options.calibration.cache if options.calibration and options.precision == "int8" else None
+    ranges_run = cache_run_id(cache) if cache else None
+    return mark_graph(graph, ranges_run, CALIBRATION_RUN_KEY) if ranges_run else graph
+
+
 def _check_calibration(calibration: CalibrationRequest) -> None:
     """--method, the range options and --calib-data (a folder with images or a data spec), before any work."""
     from assd.calibration.images import calibration_images
@@ -267,7 +277,8 @@ def debug_precision(options: DebugOptions, echo: Callable[[str], None] = print) 
     mark = time.perf_counter()
     result, kept, final, verification, rounds = _search_and_verify(setup, sensitivities, tolerance, verifier, echo)
     seconds["search"] = time.perf_counter() - mark
-    graph = check_and_serialize(mark_graph(setup.graph([s.layer for s in kept]), run_id := new_run_id()))
+    graph = mark_graph(setup.graph([s.layer for s in kept]), run_id := new_run_id())
+    graph = check_and_serialize(_mark_ranges_run(graph, options))
     seconds["total"] = time.perf_counter() - started
     debug = DebugResult(setup, all_low, sensitivities, result, kept, final, tolerance, verification, rounds,
                         images_needed(verification.interval, tolerance), seconds)
