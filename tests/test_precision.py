@@ -16,6 +16,7 @@ from onnx import TensorProto, numpy_helper
 import assd.calibration.quantize as quantize_module
 from assd.calibration import quantize_int8
 from assd.calibration.entropy import entropy_amax
+from assd.calibration.run_set import CALIBRATION_RUN_KEY, graph_run_id
 from assd.cli import main
 from assd.data import read_rgb_image
 from assd.errors import UserError
@@ -231,7 +232,10 @@ def test_calibration_cache_is_reused_and_invalidated(fp32_onnx, voc_images_dir, 
     second = quantize_int8(str(fp32_onnx), str(tmp_path / "b.onnx"), str(voc_images_dir), method="max", **run)
     assert calls == [256] and not first.cache_reused and second.cache_reused
     assert any("reusing the ranges" in m for m in messages)
-    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    graphs = [onnx.load(str(tmp_path / name)) for name in ("a.onnx", "b.onnx")]
+    assert graphs[0].graph.SerializeToString() == graphs[1].graph.SerializeToString()  # the same scales
+    runs = [graph_run_id(graph) for graph in graphs]  # two runs, one set of ranges: the first run's
+    assert runs[0] != runs[1] and [graph_run_id(g, CALIBRATION_RUN_KEY) for g in graphs] == [runs[0]] * 2
     content = json.loads(cache.read_text())
     assert content["settings"]["num_bins"] == 256 and len(content["onnx_sha256"]) == 64
     assert set(content["ranges"]) == {"entropy", "percentile", "max"}  # one pass gives every method
