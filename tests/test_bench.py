@@ -81,3 +81,20 @@ def test_eval_engine_fails_when_delta_exceeds_tolerance(artifacts, tmp_path):
                       "--tolerance", "0", "--limit", "6")
     # class names differ (synthetic vs VOC): a clear one-line error first
     assert result.returncode == 2 and "differ from the classes" in result.stderr
+
+
+def test_bench_images_are_smooth_like_photos_not_raw_noise():
+    """Raw uniform noise drives the random-weight presets' unscaled attention into denormal floats, which
+    ONNX Runtime and PyTorch compute 2.5x slower on a CPU (OpenVINO does not): bench times smooth images,
+    deterministic, full range, VOC's size (docs/benchmarks.md)."""
+    import numpy as np
+
+    from assd.bench.timing import synthetic_images
+
+    images = synthetic_images(3)
+    assert all(image.shape == (375, 500, 3) and image.dtype == np.uint8 for image in images)
+    assert all(image.min() == 0 and image.max() == 255 for image in images)
+    neighbour_step = [float(np.abs(np.diff(image.astype(np.int16), axis=1)).mean()) for image in images]
+    assert max(neighbour_step) < 5  # raw noise: ~85 grey levels between neighbouring pixels
+    assert not np.array_equal(images[0], images[1])
+    assert all(np.array_equal(a, b) for a, b in zip(images, synthetic_images(3)))

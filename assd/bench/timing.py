@@ -34,10 +34,30 @@ class StageTimes:
         return np.add(np.add(self.preprocess, self.inference), self.postprocess)
 
 
+SMOOTHING_SIGMA = 8.0  # pixels: the Gaussian blur that gives the noise a photo's local correlation
+
+
 def synthetic_images(count: int, width: int = 500, height: int = 375, seed: int = 0) -> list[np.ndarray]:
-    """Deterministic RGB uint8 images of PASCAL VOC's typical size (speed does not depend on content)."""
+    """Deterministic RGB uint8 images of PASCAL VOC's typical size, [height, width, 3]: uniform noise
+    blurred with a Gaussian of ``SMOOTHING_SIGMA`` pixels, then stretched back to 0..255.
+
+    Not raw noise: speed is not independent of content. Raw noise drives the random-weight presets'
+    unscaled attention (softmax of q^T k) to scores in the thousands, whose exponentials underflow to
+    denormal floats (350k denormal values in assd321's tensors for one noise image, none for a photo);
+    ONNX Runtime and PyTorch compute those 2.5x slower on a CPU, OpenVINO does not, so noise would time
+    a case no deployment sees and skew the comparison (docs/benchmarks.md). Blurred noise times like the
+    VOC photos (assd321, ONNX Runtime CPU: 0.17 s noise-free, as a photo). cv2 does the blur (no
+    hand-written filter)."""
+    import cv2
+
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(count)]
+    images = []
+    for _ in range(count):
+        noise = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        smooth = cv2.GaussianBlur(noise, (0, 0), SMOOTHING_SIGMA).astype(np.float32)
+        smooth = (smooth - smooth.min()) * (255.0 / max(float(smooth.max() - smooth.min()), 1.0))
+        images.append(smooth.round().astype(np.uint8))
+    return images
 
 
 def _now(runner: Runner) -> float:
